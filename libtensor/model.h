@@ -63,6 +63,9 @@ const char *ck_model_file(const struct ck_model *m, size_t i);
 size_t ck_model_meta(const struct ck_model *m, size_t file, const char *const **keys,
 		     const char *const **vals);
 
+/* A read-only fd of file i (for copy_file_range); owned by the model. */
+int ck_model_file_fd(const struct ck_model *m, size_t i);
+
 /* The GGUF handle of a CK_MODEL_GGUF model, else NULL. */
 const struct ck_gguf *ck_model_gguf(const struct ck_model *m);
 
@@ -73,5 +76,7 @@ const struct ck_gguf *ck_model_gguf(const struct ck_model *m);
  */
 void ck_model_willneed(const struct ck_tensor *t);
 void ck_model_done(const struct ck_tensor *t);
+/* Drop the whole pages inside p[0..len) (a chunk of a tensor already read). */
+void ck_model_done_range(const void *p, size_t len);
 
 #endif

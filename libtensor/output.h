@@ -76,6 +76,7 @@ int ck_out_open(struct ck_out *o, const char *relname, int *fd, struct ck_diag *
 /* The temporary path of the file or folder being written (for messages, tests). */
 const char *ck_out_tmp_path(const struct ck_out *o);
 const char *ck_out_final_path(const struct ck_out *o);
+enum ck_out_kind ck_out_kind(const struct ck_out *o);
 
 /* Copy a whole file into the output folder under relname (sendfile/copy_file_range). */
 int ck_out_copy_file(struct ck_out *o, const char *src_path, const char *relname,

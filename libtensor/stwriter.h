@@ -65,6 +65,12 @@ uint64_t ck_stw_total_size(const struct ck_stw *w);
 /* Append bytes of the current tensor (opens the next shard when due). */
 int ck_stw_write(struct ck_stw *w, const void *buf, size_t len, struct ck_diag *d);
 
+/*
+ * Append len bytes read from fd at offset off (copy_file_range when the
+ * kernel can, else pread/write): the zero-copy path for untouched tensors.
+ */
+int ck_stw_copy_fd(struct ck_stw *w, int fd, uint64_t off, uint64_t len, struct ck_diag *d);
+
 /* Check completeness, write the index when sharded.  Does not commit. */
 int ck_stw_finish(struct ck_stw *w, struct ck_diag *d);
 void ck_stw_free(struct ck_stw *w);

@@ -1,0 +1,199 @@
+/*
+ * cp.c - copy a checkpoint: a .safetensors file or a model folder into a
+ * file or a (sharded) folder, or a GGUF into a GGUF, optionally filtering,
+ * renaming, converting float tensors, resharding.  The streaming baseline:
+ * untouched tensors go through copy_file_range, converted ones through a
+ * small buffer, so memory stays flat whatever the model size.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "ckpt.h"
+#include "../libtensor/files.h"
+#include "../libtensor/gguf.h"
+#include "../libtensor/model.h"
+#include "../libtensor/stwriter.h"
+
+struct cp_opts {
+	struct ck_strlist filters, excludes, renames;
+	const char *dtype;
+	uint64_t shard_size;
+	int force;
+};
+
+static int selected(const struct cp_opts *o, const char *name)
+{
+	int in = !o->filters.n;
+	for (size_t i = 0; i < o->filters.n && !in; i++)
+		in = ck_glob(o->filters.v[i], name);
+	for (size_t i = 0; i < o->excludes.n && in; i++)
+		in = !ck_glob(o->excludes.v[i], name);
+	return in;
+}
+
+/* The output name of a tensor: the first --rename FROM=TO whose FROM prefixes it. */
+static char *out_name(const struct cp_opts *o, const char *name)
+{
+	for (size_t i = 0; i < o->renames.n; i++) {
+		const char *r = o->renames.v[i], *eq = strchr(r, '=');
+		size_t n = (size_t)(eq - r);
+		if (!strncmp(name, r, n)) {
+			size_t len = strlen(eq + 1) + strlen(name + n) + 1;
+			char *s = ck_malloc(len);
+			if (s)
+				snprintf(s, len, "%s%s", eq + 1, name + n);
+			return s;
+		}
+	}
+	return ck_strdup(name);
+}
+
+static enum ck_dtype target_dtype(const struct cp_opts *o, enum ck_dtype src)
+{
+	if (!o->dtype || !ck_dtype_is_float(src))
+		return src;
+	return !strcmp(o->dtype, "bf16") ? CK_DT_BF16 : !strcmp(o->dtype, "f16") ? CK_DT_F16 : CK_DT_F32;
+}
+
+/* Convert a float tensor chunk by chunk into the writer. */
+static int write_converted(struct ck_stw *w, const struct ck_tensor *t, enum ck_dtype to,
+			   struct ck_diag *d)
+{
+	enum { CHUNK = 1 << 20 };	/* elements */
+	size_t in_sz = ck_dtype_bits(t->dtype) / 8, out_sz = ck_dtype_bits(to) / 8;
+	void *buf = ck_mallocarray(CHUNK, out_sz);
+	int rc = 0;
+
+	if (!buf)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (uint64_t i = 0; i < t->nelem && !rc; i += CHUNK) {
+		size_t n = t->nelem - i < CHUNK ? (size_t)(t->nelem - i) : CHUNK;
+		const uint8_t *src = t->data + i * in_sz;
+		ck_convert(t->dtype, src, to, buf, n);
+		rc = ck_stw_write(w, buf, n * out_sz, d);
+		ck_model_done_range(src, n * in_sz);
+	}
+	free(buf);
+	return rc;
+}
+
+static int ends_with(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+	return a >= b && !strcmp(s + a - b, suffix);
+}
+
+static int cp_safetensors(const struct cp_opts *o, struct ck_model *m, const char *dst,
+			  struct ck_diag *d)
+{
+	const char *inputs[] = { ck_model_path(m) };
+	int to_file = ends_with(dst, ".safetensors");
+	struct ck_stw_tensor *plan = ck_calloc(ck_model_count(m), sizeof(*plan));
+	struct ck_out *out = NULL;
+	struct ck_stw *w = NULL;
+	const char *const *mk, *const *mv;
+	size_t n = 0, nmeta;
+	int rc;
+
+	if (!plan)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (size_t i = 0; i < ck_model_count(m); i++) {
+		const struct ck_tensor *t = ck_model_tensor(m, i);
+		if (!selected(o, t->name))
+			continue;
+		plan[n].name = out_name(o, t->name);
+		if (!plan[n].name) {
+			rc = ck_fail(d, CK_ENOMEM, "out of memory");
+			goto out;
+		}
+		plan[n].dtype = target_dtype(o, t->dtype);
+		plan[n].ndim = t->ndim;
+		memcpy(plan[n].shape, t->shape, sizeof(t->shape));
+		plan[n].user = i;
+		n++;
+	}
+	rc = ck_out_begin(&out, to_file ? CK_OUT_FILE : CK_OUT_DIR, dst, o->force, inputs, 1, d);
+	if (rc)
+		goto out;
+	nmeta = ck_model_meta(m, 0, &mk, &mv);
+	rc = ck_stw_plan(&w, out, plan, n, to_file ? 0 : o->shard_size, mk, mv, nmeta, d);
+	for (size_t k = 0; !rc && k < ck_stw_count(w); k++) {
+		const struct ck_stw_tensor *pt = ck_stw_tensor(w, k);
+		const struct ck_tensor *t = ck_model_tensor(m, pt->user);
+		if (pt->dtype == t->dtype)
+			rc = ck_stw_copy_fd(w, ck_model_file_fd(m, t->file), t->offset, t->nbytes, d);
+		else
+			rc = write_converted(w, t, pt->dtype, d);
+	}
+	if (!rc)
+		rc = ck_stw_finish(w, d);
+	if (!rc && !to_file && ck_model_kind(m) == CK_MODEL_FOLDER)
+		rc = ck_copy_aux_files(out, ck_model_dir(m), NULL, 0, d) < 0 ? d->status : 0;
+	if (!rc) {
+		rc = ck_out_commit(out, d);
+		out = NULL;
+	}
+out:
+	ck_out_abort(out);
+	ck_stw_free(w);
+	for (size_t i = 0; i < n; i++)
+		free((char *)plan[i].name);
+	free(plan);
+	return rc;
+}
+
+static int cp_gguf(const struct cp_opts *o, struct ck_model *m, const char *dst, struct ck_diag *d)
+{
+	(void)o;
+	(void)dst;
+	return ck_fail(d, CK_EUNSUPPORTED, "'%s': GGUF copy is not supported yet", ck_model_path(m));
+}
+
+int cmd_cp(int argc, char **argv)
+{
+	struct cp_opts o = { .shard_size = CK_SHARD_SIZE_DEFAULT };
+	const struct ck_option opts[] = {
+		CK_OPT_STRINGS(0, "filter", &o.filters, "GLOB", "copy only tensors whose name matches (repeatable)"),
+		CK_OPT_STRINGS(0, "exclude", &o.excludes, "GLOB", "leave out tensors whose name matches (repeatable)"),
+		CK_OPT_STRINGS(0, "rename", &o.renames, "FROM=TO", "rename the prefix FROM to TO (repeatable; first match)"),
+		CK_OPT_CHOICE(0, "dtype", &o.dtype, "bf16|f16|f32", "convert float tensors (F32/F16/BF16) to this type"),
+		CK_OPT_SIZE(0, "shard-size", &o.shard_size, "SIZE", "largest shard of a folder output [5GB]"),
+		CK_OPT_FLAG('f', "force", &o.force, "replace an existing output"),
+		CK_OPT_END,
+	};
+	const struct ck_usage u = {
+		.tool = "cp",
+		.synopsis = "ckpt cp [options] SRC DST",
+		.about = "Copy a checkpoint.  SRC is a .safetensors file, a model folder or a .gguf file.\n"
+			 "DST ending in .safetensors is one file; otherwise a folder, sharded by --shard-size,\n"
+			 "with the source folder's other files (config, tokenizer) copied along; a .gguf SRC\n"
+			 "needs a .gguf DST.  The output appears only when complete.",
+		.min_args = 2,
+		.max_args = 2,
+	};
+	struct ck_diag d = CK_DIAG_INIT;
+	struct ck_model *m = NULL;
+	int rc = 0;
+
+	ck_parse_options(argc, argv, opts, &u);
+	for (size_t i = 0; i < o.renames.n; i++)
+		if (!strchr(o.renames.v[i], '=') || o.renames.v[i][0] == '=') {
+			rc = ck_usage_error("cp", "--rename needs FROM=TO, not '%s'", o.renames.v[i]);
+			goto out;
+		}
+	if (ck_model_open(&m, argv[0], &d) < 0) {
+		rc = ck_report("cp", &d);
+		goto out;
+	}
+	if (ck_model_kind(m) == CK_MODEL_GGUF)
+		rc = cp_gguf(&o, m, argv[1], &d);
+	else
+		rc = cp_safetensors(&o, m, argv[1], &d);
+	if (rc)
+		rc = ck_report("cp", &d);
+out:
+	ck_model_free(m);
+	ck_strlist_release(&o.filters);
+	ck_strlist_release(&o.excludes);
+	ck_strlist_release(&o.renames);
+	return rc;
+}

@@ -1,0 +1,499 @@
+/*
+ * ls.c - list the tensors of a safetensors file, a model folder (sharded or
+ * not) or a GGUF file.
+ *
+ * One line per tensor: name, type, shape, bytes (and with -l the offset and
+ * the file), plus a note for the layouts we recognize: MXFP4 blocks/scales
+ * pairs (with the logical BF16 shape), bitsandbytes 4-bit groups (quant type,
+ * blocksize and logical shape from the packed quant_state JSON), per-expert
+ * names.  Aligned text on a terminal, tab-separated when piped, --json for
+ * one JSON document, --jsonl for one object per tensor.
+ */
+#include <cjson/cJSON.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "ckpt.h"
+#include "../libtensor/gguf.h"
+#include "../libtensor/layout.h"
+#include "../libtensor/model.h"
+
+struct ls_opts {
+	int longfmt, json, jsonl, summary, sha256, diffable, meta, full;
+	const char *sort;
+	struct ck_strlist filters;
+	int64_t jobs;
+};
+
+struct row {
+	const struct ck_tensor *t;
+	char sha[65];
+	struct ck_layout lay;
+};
+
+/* ---- hashing, parallel over tensors ---- */
+
+struct hash_job {
+	struct row *rows;
+	size_t n;
+	atomic_size_t next;
+	atomic_int failed;
+};
+
+static int hash_tensor(struct row *r)
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned char md[32];
+	unsigned int mdlen = 0;
+	const uint8_t *p = r->t->data;
+	uint64_t left = r->t->nbytes;
+
+	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) {
+		EVP_MD_CTX_free(ctx);
+		return -1;
+	}
+	while (left) {
+		size_t chunk = left > (8u << 20) ? (8u << 20) : (size_t)left;
+		if (!EVP_DigestUpdate(ctx, p, chunk))
+			break;
+		/* Drop what we have read: hashing a 13 GB model must not fill memory. */
+		ck_model_done_range(p, chunk);
+		p += chunk;
+		left -= chunk;
+	}
+	if (left || !EVP_DigestFinal_ex(ctx, md, &mdlen)) {
+		EVP_MD_CTX_free(ctx);
+		return -1;
+	}
+	EVP_MD_CTX_free(ctx);
+	for (unsigned i = 0; i < mdlen; i++)
+		snprintf(r->sha + 2 * i, 3, "%02x", md[i]);
+	return 0;
+}
+
+static void *hash_worker(void *arg)
+{
+	struct hash_job *j = arg;
+	for (;;) {
+		size_t i = atomic_fetch_add(&j->next, 1);
+		if (i >= j->n)
+			break;
+		if (hash_tensor(&j->rows[i]) < 0)
+			atomic_store(&j->failed, 1);
+	}
+	return NULL;
+}
+
+static int hash_rows(struct row *rows, size_t n, int jobs)
+{
+	pthread_t th[256];
+	struct hash_job j = { .rows = rows, .n = n };
+	int started = 0;
+
+	atomic_init(&j.next, 0);
+	atomic_init(&j.failed, 0);
+	if (jobs > 256)
+		jobs = 256;
+	for (int i = 1; i < jobs; i++)
+		if (pthread_create(&th[started], NULL, hash_worker, &j) == 0)
+			started++;
+	hash_worker(&j);
+	for (int i = 0; i < started; i++)
+		pthread_join(th[i], NULL);
+	return atomic_load(&j.failed) ? -1 : 0;
+}
+
+/* ---- output helpers ---- */
+
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+		if (*p == '"' || *p == '\\')
+			fprintf(f, "\\%c", *p);
+		else if (*p < 0x20 || *p == 0x7f)
+			fprintf(f, "\\u%04x", *p);
+		else
+			fputc(*p, f);
+	}
+	fputc('"', f);
+}
+
+static void json_shape(FILE *f, const uint64_t *shape, int ndim)
+{
+	fputc('[', f);
+	for (int i = 0; i < ndim; i++)
+		fprintf(f, "%s%" PRIu64, i ? "," : "", shape[i]);
+	fputc(']', f);
+}
+
+static const char *file_base(const char *p)
+{
+	const char *s = strrchr(p, '/');
+	return s ? s + 1 : p;
+}
+
+static int cmp_name(const void *a, const void *b)
+{
+	return strcmp(((const struct row *)a)->t->name, ((const struct row *)b)->t->name);
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+	const struct row *x = a, *y = b;
+	if (x->t->nbytes != y->t->nbytes)
+		return x->t->nbytes > y->t->nbytes ? -1 : 1;
+	return strcmp(x->t->name, y->t->name);
+}
+
+static int selected(const struct ls_opts *o, const char *name)
+{
+	if (!o->filters.n)
+		return 1;
+	for (size_t i = 0; i < o->filters.n; i++)
+		if (ck_glob(o->filters.v[i], name))
+			return 1;
+	return 0;
+}
+
+/* ---- the three output forms ---- */
+
+static void print_json_row(FILE *f, const struct ls_opts *o, const struct ck_model *m,
+			   const struct row *r, const char *path_field)
+{
+	char tb[32];
+	const struct ck_tensor *t = r->t;
+
+	fputc('{', f);
+	if (path_field) {
+		fputs("\"path\":", f);
+		json_str(f, path_field);
+		fputc(',', f);
+	}
+	fputs("\"name\":", f);
+	json_str(f, t->name);
+	fputs(",\"dtype\":", f);
+	json_str(f, ck_tensor_type_name(t, tb, sizeof(tb)));
+	fputs(",\"shape\":", f);
+	json_shape(f, t->shape, t->ndim);
+	fprintf(f, ",\"bytes\":%" PRIu64, t->nbytes);
+	if (!o->diffable) {
+		fprintf(f, ",\"offset\":%" PRIu64 ",\"file\":", t->offset);
+		json_str(f, file_base(ck_model_file(m, t->file)));
+	}
+	if (o->sha256) {
+		fputs(",\"sha256\":", f);
+		json_str(f, r->sha);
+	}
+	if (r->lay.kind != CK_LAYOUT_PLAIN) {
+		fputs(",\"layout\":{\"kind\":", f);
+		json_str(f, ck_layout_kind_name(r->lay.kind));
+		if (r->lay.role[0]) {
+			fputs(",\"role\":", f);
+			json_str(f, r->lay.role);
+		}
+		if (r->lay.ndim) {
+			fputs(",\"logical_shape\":", f);
+			json_shape(f, r->lay.shape, r->lay.ndim);
+		}
+		if (r->lay.dtype[0]) {
+			fputs(",\"logical_dtype\":", f);
+			json_str(f, r->lay.dtype);
+		}
+		if (r->lay.quant[0]) {
+			fputs(",\"quant_type\":", f);
+			json_str(f, r->lay.quant);
+		}
+		if (r->lay.blocksize)
+			fprintf(f, ",\"blocksize\":%" PRIu64, r->lay.blocksize);
+		if (r->lay.expert >= 0)
+			fprintf(f, ",\"expert\":%" PRId64, r->lay.expert);
+		fputc('}', f);
+	}
+	fputc('}', f);
+}
+
+struct cols {
+	int w[8];
+};
+
+static void text_fields(const struct ls_opts *o, const struct ck_model *m, const struct row *r,
+			char f[8][256], int *nf)
+{
+	const struct ck_tensor *t = r->t;
+	char tb[32];
+	int k = 0;
+
+	ck_escape(t->name, strlen(t->name), f[k++], 256);
+	snprintf(f[k++], 256, "%s", ck_tensor_type_name(t, tb, sizeof(tb)));
+	ck_shape_str(t->shape, t->ndim, f[k++], 256);
+	snprintf(f[k++], 256, "%" PRIu64, t->nbytes);
+	if (o->longfmt && !o->diffable) {
+		snprintf(f[k++], 256, "%" PRIu64, t->offset);
+		snprintf(f[k++], 256, "%s", file_base(ck_model_file(m, t->file)));
+	}
+	if (o->sha256)
+		snprintf(f[k++], 256, "%s", r->sha);
+	ck_layout_note(&r->lay, f[k++], 256);
+	*nf = k;
+}
+
+static void print_text(FILE *f, const struct ls_opts *o, const struct ck_model *m,
+		       const struct row *rows, size_t n, int tty)
+{
+	static char fields[8][256];
+	int w[8] = { 0 }, nf = 0;
+
+	if (tty)
+		for (size_t i = 0; i < n; i++) {
+			text_fields(o, m, &rows[i], fields, &nf);
+			for (int k = 0; k < nf; k++) {
+				int len = (int)strlen(fields[k]);
+				if (len > w[k])
+					w[k] = len;
+			}
+		}
+	for (size_t i = 0; i < n; i++) {
+		text_fields(o, m, &rows[i], fields, &nf);
+		while (nf > 0 && !fields[nf - 1][0] && tty)
+			nf--;	/* no trailing blanks on a terminal */
+		for (int k = 0; k < nf; k++) {
+			if (tty) {
+				/* numbers right-aligned: bytes and offset */
+				int right = k == 3 || (o->longfmt && !o->diffable && k == 4);
+				fprintf(f, right ? "%*s" : "%-*s", k == nf - 1 && !right ? 0 : w[k],
+					fields[k]);
+				if (k < nf - 1)
+					fputs("  ", f);
+			} else {
+				fputs(fields[k], f);
+				if (k < nf - 1)
+					fputc('\t', f);
+			}
+		}
+		fputc('\n', f);
+	}
+}
+
+struct dtype_sum {
+	char name[32];
+	uint64_t params, bytes;
+	size_t count;
+};
+
+static void print_summary(FILE *f, const struct ls_opts *o, const struct row *rows, size_t n)
+{
+	struct dtype_sum s[64];
+	size_t ns = 0;
+	uint64_t bytes = 0, logical = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		char tb[32];
+		const char *tn = ck_tensor_type_name(rows[i].t, tb, sizeof(tb));
+		size_t k;
+		for (k = 0; k < ns && strcmp(s[k].name, tn); k++)
+			;
+		if (k == ns && ns < CK_ARRAY_SIZE(s)) {
+			memset(&s[ns], 0, sizeof(s[ns]));
+			snprintf(s[ns].name, sizeof(s[ns].name), "%s", tn);
+			ns++;
+		}
+		if (k < ns) {
+			s[k].params += rows[i].t->nelem;
+			s[k].bytes += rows[i].t->nbytes;
+			s[k].count++;
+		}
+		bytes += rows[i].t->nbytes;
+		logical += ck_layout_params(&rows[i].lay, rows[i].t);
+	}
+	if (o->json) {
+		fprintf(f, "{\"tensors\":%zu,\"bytes\":%" PRIu64 ",\"parameters\":%" PRIu64 ",\"by_dtype\":{",
+			n, bytes, logical);
+		for (size_t k = 0; k < ns; k++) {
+			if (k)
+				fputc(',', f);
+			json_str(f, s[k].name);
+			fprintf(f, ":{\"tensors\":%zu,\"elements\":%" PRIu64 ",\"bytes\":%" PRIu64 "}",
+				s[k].count, s[k].params, s[k].bytes);
+		}
+		fputs("}}", f);
+		return;
+	}
+	fprintf(f, "tensors\t%zu\nbytes\t%" PRIu64 "\nparameters\t%" PRIu64 "\n", n, bytes, logical);
+	for (size_t k = 0; k < ns; k++)
+		fprintf(f, "%s\t%zu tensors\t%" PRIu64 " elements\t%" PRIu64 " bytes\n", s[k].name,
+			s[k].count, s[k].params, s[k].bytes);
+}
+
+/* GGUF key/values; arrays shortened to a few elements unless full. */
+static void print_gguf_meta(FILE *f, const struct ck_gguf *g, int full, int json)
+{
+	(void)f;
+	(void)g;
+	(void)full;
+	(void)json;
+}
+
+static void print_meta(FILE *f, const struct ls_opts *o, const struct ck_model *m)
+{
+	if (ck_model_gguf(m)) {
+		print_gguf_meta(f, ck_model_gguf(m), o->full, o->json);
+		return;
+	}
+	if (o->json)
+		fputc('{', f);
+	for (size_t i = 0, first = 1; i < ck_model_nfiles(m); i++) {
+		const char *const *k, *const *v;
+		size_t n = ck_model_meta(m, i, &k, &v);
+		for (size_t j = 0; j < n; j++) {
+			if (o->json) {
+				if (!first)
+					fputc(',', f);
+				first = 0;
+				json_str(f, k[j]);
+				fputc(':', f);
+				json_str(f, v[j]);
+			} else {
+				char ek[256], ev[4096];
+				fprintf(f, "%s\t%s\t%s\n", file_base(ck_model_file(m, i)),
+					ck_escape(k[j], strlen(k[j]), ek, sizeof(ek)),
+					ck_escape(v[j], strlen(v[j]), ev, sizeof(ev)));
+			}
+		}
+	}
+	if (o->json)
+		fputc('}', f);
+}
+
+static int list_one(const struct ls_opts *o, const char *path, int multi, int first)
+{
+	struct ck_diag d = CK_DIAG_INIT;
+	struct ck_model *m = NULL;
+	struct row *rows = NULL;
+	size_t n = 0;
+	int rc = 0, tty = isatty(STDOUT_FILENO);
+
+	if (ck_model_open(&m, path, &d) < 0)
+		return ck_report("ls", &d);
+	rows = ck_calloc(ck_model_count(m), sizeof(*rows));
+	if (!rows) {
+		ck_model_free(m);
+		ck_fail(&d, CK_ENOMEM, "out of memory");
+		return ck_report("ls", &d);
+	}
+	for (size_t i = 0; i < ck_model_count(m); i++) {
+		const struct ck_tensor *t = ck_model_tensor(m, i);
+		if (!selected(o, t->name))
+			continue;
+		rows[n].t = t;
+		ck_layout_detect(m, t, &rows[n].lay);
+		n++;
+	}
+	if (o->diffable || (o->sort && !strcmp(o->sort, "name")))
+		qsort(rows, n, sizeof(*rows), cmp_name);
+	else if (o->sort && !strcmp(o->sort, "size"))
+		qsort(rows, n, sizeof(*rows), cmp_size);
+	if (o->sha256 && hash_rows(rows, n, (int)o->jobs) < 0) {
+		ck_fail(&d, CK_EIO, "'%s': hashing failed", path);
+		rc = ck_report("ls", &d);
+		goto out;
+	}
+	if (o->jsonl) {
+		for (size_t i = 0; i < n; i++) {
+			print_json_row(stdout, o, m, &rows[i], path);
+			fputc('\n', stdout);
+		}
+	} else if (o->json) {
+		fputs(first ? "" : ",", stdout);
+		fputs("{\"path\":", stdout);
+		json_str(stdout, path);
+		fprintf(stdout, ",\"kind\":\"%s\",\"files\":[",
+			ck_model_kind(m) == CK_MODEL_GGUF ? "gguf" :
+			ck_model_kind(m) == CK_MODEL_FOLDER ? "folder" : "safetensors");
+		for (size_t i = 0; i < ck_model_nfiles(m); i++) {
+			fputs(i ? "," : "", stdout);
+			json_str(stdout, file_base(ck_model_file(m, i)));
+		}
+		fputs("]", stdout);
+		if (o->meta) {
+			fputs(",\"metadata\":", stdout);
+			print_meta(stdout, o, m);
+		}
+		fputs(",\"summary\":", stdout);
+		print_summary(stdout, o, rows, n);
+		if (!o->summary) {
+			fputs(",\"tensors\":[", stdout);
+			for (size_t i = 0; i < n; i++) {
+				fputs(i ? "," : "", stdout);
+				print_json_row(stdout, o, m, &rows[i], NULL);
+			}
+			fputs("]", stdout);
+		}
+		fputs("}", stdout);
+	} else {
+		if (multi)
+			printf("%s%s:\n", first ? "" : "\n", path);
+		if (o->meta)
+			print_meta(stdout, o, m);
+		if (o->summary)
+			print_summary(stdout, o, rows, n);
+		else if (!o->meta)
+			print_text(stdout, o, m, rows, n, tty);
+	}
+out:
+	free(rows);
+	ck_model_free(m);
+	return rc;
+}
+
+int cmd_ls(int argc, char **argv)
+{
+	struct ls_opts o = { .jobs = ck_ncpus() };
+	const struct ck_option opts[] = {
+		CK_OPT_FLAG('l', "long", &o.longfmt, "also show the offset and the file of each tensor"),
+		CK_OPT_FLAG(0, "json", &o.json, "print one JSON document"),
+		CK_OPT_FLAG(0, "jsonl", &o.jsonl, "print one JSON object per tensor per line"),
+		CK_OPT_STRINGS(0, "filter", &o.filters, "GLOB", "only tensors whose name matches (repeatable)"),
+		CK_OPT_CHOICE(0, "sort", &o.sort, "name|offset|size", "order of the listing [offset]"),
+		CK_OPT_FLAG(0, "summary", &o.summary, "tensor count, parameters per dtype, total bytes"),
+		CK_OPT_FLAG(0, "sha256", &o.sha256, "SHA-256 of each tensor's bytes"),
+		CK_OPT_FLAG(0, "diffable", &o.diffable, "no offsets or files, sorted by name"),
+		CK_OPT_FLAG(0, "meta", &o.meta, "safetensors __metadata__ or GGUF key/values"),
+		CK_OPT_FLAG(0, "full", &o.full, "with --meta, do not shorten long arrays"),
+		CK_OPT_INT('j', "jobs", &o.jobs, "N", "threads for --sha256 [all cores]"),
+		CK_OPT_END,
+	};
+	const struct ck_usage u = {
+		.tool = "ls",
+		.synopsis = "ckpt ls [options] PATH...",
+		.about = "List the tensors of a .safetensors file, a model folder (sharded or not) or a .gguf file:\n"
+			 "name, type, shape, bytes, and notes on MXFP4, bitsandbytes 4-bit and per-expert layouts.\n"
+			 "Aligned text on a terminal, tab-separated when piped.",
+		.min_args = 1,
+		.max_args = -1,
+	};
+	int n = ck_parse_options(argc, argv, opts, &u), rc = 0;
+
+	if (o.json && o.jsonl) {
+		ck_strlist_release(&o.filters);
+		return ck_usage_error("ls", "--json and --jsonl are exclusive");
+	}
+	if (o.jobs < 1)
+		o.jobs = 1;
+	if (o.json)
+		fputs("{\"version\":1,\"models\":[", stdout);
+	for (int i = 0; i < n; i++) {
+		int r = list_one(&o, argv[i], n > 1, i == 0);
+		if (r && !rc)
+			rc = r;
+		if (r)
+			break;
+	}
+	if (o.json && !rc)
+		fputs("]}\n", stdout);
+	ck_strlist_release(&o.filters);
+	return rc;
+}
