@@ -43,6 +43,36 @@ static int has_escaped_nul(const char *s, size_t len)
 	return 0;
 }
 
+/*
+ * serde reads shape and offsets as usize: 1e3, 2.0 and -0 are errors
+ * there, while cJSON hands them to us as the doubles 1000, 2 and 0.  Every
+ * number of a safetensors header is a shape entry or an offset (metadata
+ * values are strings), so any number token outside a string written with a
+ * sign, a fraction or an exponent is refused.  Returns its byte offset + 1.
+ */
+static size_t non_integer_number(const char *s, size_t len)
+{
+	int in_str = 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (in_str) {
+			if (c == '\\')
+				i++;
+			else if (c == '"')
+				in_str = 0;
+		} else if (c == '"') {
+			in_str = 1;
+		} else if (c == '-' || (c >= '0' && c <= '9')) {
+			size_t j = i;
+			for (; j < len && strchr("0123456789.eE+-", s[j]); j++)
+				if (s[j] == '.' || s[j] == 'e' || s[j] == 'E' || s[j] == '-')
+					return i + 1;
+			i = j - 1;
+		}
+	}
+	return 0;
+}
+
 static int cmp_offset(const void *a, const void *b)
 {
 	const struct ck_tensor *x = a, *y = b;
@@ -222,7 +252,7 @@ static int parse_header(struct ck_st_file *f, struct ck_diag *d)
 	const char *endp = NULL;
 	cJSON *root = NULL, *e;
 	uint64_t n, *begins = NULL;
-	size_t count = 0, i = 0;
+	size_t count = 0, i = 0, bad;
 	int rc = 0;
 
 	if (f->size < 8)
@@ -245,6 +275,10 @@ static int parse_header(struct ck_st_file *f, struct ck_diag *d)
 	if (has_escaped_nul(js, n))
 		return ck_fail(d, CK_EINVAL, "'%s': header has a NUL character (\\u0000) in a string",
 			       f->path);
+	if ((bad = non_integer_number(js, n)))
+		return ck_fail(d, CK_EINVAL,
+			       "'%s': header has a number that is not a non-negative integer (byte %zu)",
+			       f->path, bad - 1);
 	root = cJSON_ParseWithLengthOpts(js, n, &endp, 0);
 	if (!root) {
 		uint64_t at = endp ? (uint64_t)(endp - js) : 0;

@@ -50,7 +50,7 @@ def assert_one_line_error(r, code, *needles):
     assert r.code == code, r
     lines = [l for l in r.err.splitlines() if l.strip()]
     assert len(lines) == 1, r
-    assert lines[0].startswith("ckpt "), r
+    assert lines[0].startswith("ckpt"), r
     for n in needles:
         assert n in lines[0], (n, r)
 

@@ -1,0 +1,43 @@
+"""The dispatcher: help, exit-code table, unknown tools."""
+import re
+
+import pytest
+
+from conftest import assert_one_line_error, run
+
+TOOLS = ["ls", "cp", "tokcheck", "merge-lora", "dequant-nf4", "quant-bnb", "quant-mxfp4",
+         "dequant-mxfp4", "to-gguf"]
+
+
+def built():
+    r = run("--help")
+    return [t for t in TOOLS if re.search(rf"^\s+{re.escape(t)}\s", r.out, re.M)]
+
+
+def test_help_lists_exit_codes():
+    r = run("--help")
+    assert r.code == 0
+    for code in "01234":
+        assert re.search(rf"^\s+{code}\s", r.out, re.M), r.out
+    assert "ls" in built() and "cp" in built()
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_tool_help(tool):
+    if tool not in built():
+        pytest.skip(f"{tool} is not built into this ckpt yet")
+    for args in (["help", tool], [tool, "--help"], [tool, "-h"]):
+        r = run(*args)
+        assert r.code == 0, r
+        assert f"ckpt {tool}" in r.out, r
+
+
+def test_unknown_tool_and_option():
+    assert_one_line_error(run("frobnicate"), 2, "frobnicate")
+    assert_one_line_error(run("ls", "--no-such-option", "x"), 2, "no-such-option")
+    assert run().code == 2
+
+
+def test_version():
+    r = run("--version")
+    assert r.code == 0 and r.out.startswith("ckpt ")
