@@ -33,7 +33,11 @@ import torch
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
-TOKDIR = pathlib.Path(os.environ.get("GPT_OSS_TOKENIZER_DIR", ROOT.parent / "shared" / "data" / "gpt-oss-tokenizer"))
+# The real gpt-oss tokenizer files: ../shared/data/gpt-oss-tokenizer beside the
+# checkout (or beside the folder of worktrees), or GPT_OSS_TOKENIZER_DIR.
+TOKDIR = next((p for p in [pathlib.Path(os.environ.get("GPT_OSS_TOKENIZER_DIR", "/nonexistent"))] +
+               [r / "shared" / "data" / "gpt-oss-tokenizer" for r in (ROOT.parent, ROOT.parent.parent)]
+               if (p / "tokenizer.json").exists()), None)
 SEED = 20260
 
 BPE_VOCAB = 352          # byte alphabet (256) + 96 merges
@@ -154,6 +158,8 @@ def main():
 	                          LlamaForCausalLM)
 
 	oss, llama, ref = FIX / "tiny-gpt-oss", FIX / "tiny-llama", FIX / "tiny-gpt-oss-ref"
+	if TOKDIR is None:
+		sys.exit("make-fixtures-tiny: set GPT_OSS_TOKENIZER_DIR to the real gpt-oss tokenizer folder")
 	# The template: GPT_OSS_TOKENIZER_DIR/chat_template.jinja, else the one
 	# committed in the fixture (the shared tokenizer_config.json has none).
 	tmpl = None
