@@ -13,6 +13,12 @@
  * power of two (u32), tensor offsets multiples of the alignment, inside the
  * data section and not overlapping.
  *
+ * Limits, as ggml's: strings up to 1 GiB, arrays up to 2^30 items; arrays
+ * nest at most CK_GGUF_MAX_DEPTH deep (ggml rejects nesting; gguf-py writes
+ * and reads it).  Keys and tensor names must be valid UTF-8 without NUL.
+ * Tensor data may have gaps (ggml wants them contiguous; gguf-py does not).
+ * A file whose version has its low 16 bits zero is big-endian: refused.
+ *
  * Shapes: a ck_tensor from GGUF has its shape in PyTorch order (ggml's ne[]
  * reversed) and ggml_type set; dtype is the plain equivalent (F32, F16,
  * BF16, I8...) or CK_DT_UNKNOWN for block-quantized types.
@@ -50,9 +56,16 @@ enum ck_gguf_type {
 };
 
 #define CK_GGUF_DEFAULT_ALIGNMENT 32
+#define CK_GGUF_MAX_NAME 64			/* tensor names are shorter (ggml GGML_MAX_NAME) */
+#define CK_GGUF_MAX_DIMS 4
+#define CK_GGUF_MAX_STRING (1ULL << 30)		/* ggml GGUF_MAX_STRING_LENGTH */
+#define CK_GGUF_MAX_ARRAY (1ULL << 30)		/* ggml GGUF_MAX_ARRAY_ELEMENTS */
+#define CK_GGUF_MAX_DEPTH 8			/* arrays of arrays of ... */
 
 /* "u32", "string", "array" ...; "unknown" when out of range. */
 const char *ck_gguf_type_name(uint32_t type);
+/* Bytes of a scalar value type (1 for BOOL); 0 for STRING, ARRAY, unknown. */
+size_t ck_gguf_type_size(uint32_t type);
 
 struct ck_gguf_value {
 	uint32_t type;			/* enum ck_gguf_type */
@@ -67,10 +80,21 @@ struct ck_gguf_value {
 		struct {
 			uint32_t type;	/* element type */
 			uint64_t n;
-			const struct ck_gguf_value *items;	/* n values */
+			/*
+			 * STRING or ARRAY elements: n decoded values.  Scalar
+			 * elements are not expanded (a 1 GB array of u8 must not
+			 * cost 32 GB): items is NULL and raw points at the n
+			 * packed little-endian elements.  ck_gguf_arr_item()
+			 * reads any element either way.
+			 */
+			const struct ck_gguf_value *items;
+			const uint8_t *raw;
 		} arr;
 	};
 };
+
+/* Element i (< arr->arr.n) of an ARRAY value, decoded into *out. */
+void ck_gguf_arr_item(const struct ck_gguf_value *arr, uint64_t i, struct ck_gguf_value *out);
 
 struct ck_gguf_kv {
 	const char *key;		/* NUL-terminated copy (keys holding NUL are rejected) */
@@ -115,12 +139,18 @@ struct ck_ggw_tensor {
 };
 
 /*
- * Start a GGUF v3 into o (CK_OUT_FILE).  alignment 0 means 32; a different
- * value must also be given as general.alignment (u32) by the caller.
+ * Start a GGUF v3 into o (CK_OUT_FILE).  alignment 0 means the value of a
+ * general.alignment KV if one is added, else 32.  A non-zero alignment other
+ * than 32 must also be given as general.alignment (u32, the same value) by
+ * the caller, or ck_ggw_begin fails: a reader knows it only from that key.
  */
 int ck_ggw_new(struct ck_ggw **out, struct ck_out *o, uint32_t alignment, struct ck_diag *d);
 
-/* Add KVs (before ck_ggw_begin).  Strings and arrays are copied. */
+/*
+ * Add KVs (before ck_ggw_begin), written in the order added.  Strings and
+ * arrays are copied.  Keys must be non-empty UTF-8; duplicates are refused
+ * by ck_ggw_begin.
+ */
 int ck_ggw_kv_u32(struct ck_ggw *w, const char *key, uint32_t v, struct ck_diag *d);
 int ck_ggw_kv_i32(struct ck_ggw *w, const char *key, int32_t v, struct ck_diag *d);
 int ck_ggw_kv_u64(struct ck_ggw *w, const char *key, uint64_t v, struct ck_diag *d);
@@ -144,7 +174,11 @@ int ck_ggw_tensor(struct ck_ggw *w, const struct ck_ggw_tensor *t, struct ck_dia
 int ck_ggw_begin(struct ck_ggw *w, struct ck_diag *d);
 size_t ck_ggw_count(const struct ck_ggw *w);
 const struct ck_ggw_tensor *ck_ggw_get(const struct ck_ggw *w, size_t k);
-/* Append data of the current tensor, in order, exactly nbytes per tensor in all. */
+/*
+ * Append data of the current tensor, in order (ck_ggw_get(w, 0), 1, ...),
+ * exactly nbytes per tensor in all; calls may span tensors.  The padding
+ * after each tensor is written by the writer.
+ */
 int ck_ggw_write(struct ck_ggw *w, const void *buf, size_t len, struct ck_diag *d);
 int ck_ggw_copy_fd(struct ck_ggw *w, int fd, uint64_t off, uint64_t len, struct ck_diag *d);
 /* Check every byte was written.  Does not commit o. */
