@@ -483,6 +483,16 @@ int cmd_ls(int argc, char **argv)
 	}
 	if (o.jobs < 1)
 		o.jobs = 1;
+	/* One JSON document or none: check every input opens before printing. */
+	for (int i = 0; o.json && n > 1 && i < n; i++) {
+		struct ck_diag d = { 0 };
+		struct ck_model *m;
+		if (ck_model_open(&m, argv[i], &d) < 0) {
+			ck_strlist_release(&o.filters);
+			return ck_report("ls", &d);
+		}
+		ck_model_free(m);
+	}
 	if (o.json)
 		fputs("{\"version\":1,\"models\":[", stdout);
 	for (int i = 0; i < n; i++) {
