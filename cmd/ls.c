@@ -329,12 +329,126 @@ static void print_summary(FILE *f, const struct ls_opts *o, const struct row *ro
 }
 
 /* GGUF key/values; arrays shortened to a few elements unless full. */
+enum { META_ITEMS = 8, META_STR = 120 };
+
+/* A GGUF string as JSON: escapes, and U+FFFD for bytes that are not UTF-8. */
+static void json_bytes(FILE *f, const char *s, uint64_t len)
+{
+	const unsigned char *p = (const unsigned char *)s;
+	fputc('"', f);
+	for (uint64_t i = 0; i < len;) {
+		unsigned c = p[i], n = c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+		if (c == '"' || c == '\\')
+			fprintf(f, "\\%c", c);
+		else if (c < 0x20 || c == 0x7f)
+			fprintf(f, "\\u%04x", c);
+		else if (c < 0x80)
+			fputc(c, f);
+		else if (n <= len - i && ck_utf8_valid(s + i, n)) {
+			fwrite(p + i, 1, n, f);
+			i += n;
+			continue;
+		} else
+			fputs("\\ufffd", f);
+		i++;
+	}
+	fputc('"', f);
+}
+
+/* A GGUF string as text: escaped, shortened to META_STR bytes unless full. */
+static void text_bytes(FILE *f, const char *s, uint64_t len, int full, int quote)
+{
+	uint64_t n = !full && len > META_STR ? META_STR : len;
+	char *buf = ck_malloc((size_t)n * 4 + 1);
+	if (!buf) {
+		fputs("?", f);
+		return;
+	}
+	fprintf(f, quote ? "\"%s\"" : "%s", ck_escape(s, (size_t)n, buf, (size_t)n * 4 + 1));
+	if (n < len)
+		fprintf(f, "... (%" PRIu64 " bytes)", len);
+	free(buf);
+}
+
+static void meta_value(FILE *f, const struct ck_gguf_value *v, int full, int json, int depth)
+{
+	switch (v->type) {
+	case CK_GGUF_I8: case CK_GGUF_I16: case CK_GGUF_I32: case CK_GGUF_I64:
+		fprintf(f, "%" PRId64, v->i);
+		break;
+	case CK_GGUF_BOOL:
+		fputs(v->u ? "true" : "false", f);
+		break;
+	case CK_GGUF_F32: case CK_GGUF_F64:
+		if (json && (v->f != v->f || v->f - v->f != 0))
+			fputs("null", f);	/* JSON has no NaN or Inf */
+		else
+			fprintf(f, v->type == CK_GGUF_F32 ? "%.9g" : "%.17g", v->f);
+		break;
+	case CK_GGUF_STRING:
+		if (json)
+			json_bytes(f, v->str.p, v->str.len);
+		else
+			text_bytes(f, v->str.p, v->str.len, full, depth > 0);
+		break;
+	case CK_GGUF_ARRAY: {
+		uint64_t n = !full && v->arr.n > META_ITEMS ? META_ITEMS : v->arr.n;
+		fputc('[', f);
+		for (uint64_t i = 0; i < n; i++) {
+			struct ck_gguf_value it;
+			ck_gguf_arr_item(v, i, &it);
+			fputs(i ? (json ? "," : ", ") : "", f);
+			meta_value(f, &it, full, json, depth + 1);
+		}
+		if (n < v->arr.n && !json)
+			fprintf(f, ", ... (%" PRIu64 " items)", v->arr.n);
+		fputc(']', f);
+		break;
+	}
+	default:
+		fprintf(f, "%" PRIu64, v->u);
+	}
+}
+
 static void print_gguf_meta(FILE *f, const struct ck_gguf *g, int full, int json)
 {
-	(void)f;
-	(void)g;
-	(void)full;
-	(void)json;
+	if (json)
+		fprintf(f, "{\"GGUF.version\":{\"type\":\"u32\",\"value\":%u},"
+			"\"GGUF.alignment\":{\"type\":\"u64\",\"value\":%" PRIu64 "}",
+			ck_gguf_version(g), ck_gguf_alignment(g));
+	else
+		fprintf(f, "GGUF.version\tu32\t%u\nGGUF.alignment\tu64\t%" PRIu64 "\n",
+			ck_gguf_version(g), ck_gguf_alignment(g));
+	for (size_t i = 0; i < ck_gguf_nkv(g); i++) {
+		const struct ck_gguf_kv *kv = ck_gguf_kv(g, i);
+		const struct ck_gguf_value *v = &kv->v;
+		if (json) {
+			fputc(',', f);
+			json_str(f, kv->key);
+			fputs(":{\"type\":", f);
+			json_str(f, ck_gguf_type_name(v->type));
+			if (v->type == CK_GGUF_ARRAY) {
+				fputs(",\"element_type\":", f);
+				json_str(f, ck_gguf_type_name(v->arr.type));
+				fprintf(f, ",\"count\":%" PRIu64, v->arr.n);
+				if (!full && v->arr.n > META_ITEMS)
+					fputs(",\"shortened\":true", f);
+			}
+			fputs(",\"value\":", f);
+			meta_value(f, v, full, 1, 0);
+			fputc('}', f);
+		} else {
+			text_bytes(f, kv->key, strlen(kv->key), 1, 0);
+			if (v->type == CK_GGUF_ARRAY)
+				fprintf(f, "\tarray[%s]\t", ck_gguf_type_name(v->arr.type));
+			else
+				fprintf(f, "\t%s\t", ck_gguf_type_name(v->type));
+			meta_value(f, v, full, 0, 0);
+			fputc('\n', f);
+		}
+	}
+	if (json)
+		fputc('}', f);
 }
 
 static void print_meta(FILE *f, const struct ls_opts *o, const struct ck_model *m)
