@@ -143,9 +143,80 @@ out:
 
 static int cp_gguf(const struct cp_opts *o, struct ck_model *m, const char *dst, struct ck_diag *d)
 {
-	(void)o;
-	(void)dst;
-	return ck_fail(d, CK_EUNSUPPORTED, "'%s': GGUF copy is not supported yet", ck_model_path(m));
+	enum { CHUNK = 1 << 20 };	/* elements converted at a time */
+	const struct ck_gguf *g = ck_model_gguf(m);
+	const char *inputs[] = { ck_model_path(m) };
+	size_t *src = ck_calloc(ck_gguf_ntensors(g), sizeof(*src));
+	struct ck_out *out = NULL;
+	struct ck_ggw *w = NULL;
+	void *buf = NULL;
+	int rc;
+
+	if (!src)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	if (!ends_with(dst, ".gguf")) {
+		rc = ck_fail(d, CK_EUSAGE, "'%s': a GGUF source needs a .gguf destination", dst);
+		goto out;
+	}
+	rc = ck_out_begin(&out, CK_OUT_FILE, dst, o->force, inputs, 1, d);
+	if (!rc)
+		rc = ck_ggw_new(&w, out, (uint32_t)ck_gguf_alignment(g), d);
+	for (size_t i = 0; !rc && i < ck_gguf_nkv(g); i++)
+		rc = ck_ggw_kv_copy(w, ck_gguf_kv(g, i), d);
+	for (size_t i = 0; !rc && i < ck_gguf_ntensors(g); i++) {
+		const struct ck_tensor *t = ck_gguf_tensor(g, i);
+		enum ck_dtype to = target_dtype(o, t->dtype);
+		struct ck_ggw_tensor gt = { .ggml_type = (uint32_t)t->ggml_type, .ndim = t->ndim };
+		if (!selected(o, t->name))
+			continue;
+		if (to != t->dtype)
+			gt.ggml_type = to == CK_DT_BF16 ? CK_GGML_BF16 : to == CK_DT_F16 ? CK_GGML_F16 :
+				       CK_GGML_F32;
+		memcpy(gt.shape, t->shape, sizeof(gt.shape));
+		if (!(gt.name = out_name(o, t->name)))
+			rc = ck_fail(d, CK_ENOMEM, "out of memory");
+		else
+			rc = ck_ggw_tensor(w, &gt, d);
+		if (!rc)
+			src[ck_ggw_count(w) - 1] = i;
+		free((char *)gt.name);
+	}
+	if (!rc)
+		rc = ck_ggw_begin(w, d);
+	for (size_t k = 0; !rc && k < ck_ggw_count(w); k++) {
+		const struct ck_ggw_tensor *gt = ck_ggw_get(w, k);
+		const struct ck_tensor *t = ck_gguf_tensor(g, src[k]);
+		enum ck_dtype to = gt->ggml_type == CK_GGML_BF16 ? CK_DT_BF16 :
+				   gt->ggml_type == CK_GGML_F16 ? CK_DT_F16 : CK_DT_F32;
+		size_t in_sz = ck_dtype_bits(t->dtype) / 8, out_sz = ck_dtype_bits(to) / 8;
+		if (gt->ggml_type == (uint32_t)t->ggml_type) {
+			rc = ck_ggw_copy_fd(w, ck_model_file_fd(m, 0), t->offset, t->nbytes, d);
+			continue;
+		}
+		if (!buf && !(buf = ck_mallocarray(CHUNK, 4))) {
+			rc = ck_fail(d, CK_ENOMEM, "out of memory");
+			break;
+		}
+		for (uint64_t e = 0; e < t->nelem && !rc; e += CHUNK) {
+			size_t n = t->nelem - e < CHUNK ? (size_t)(t->nelem - e) : CHUNK;
+			const uint8_t *p = t->data + e * in_sz;
+			ck_convert(t->dtype, p, to, buf, n);
+			rc = ck_ggw_write(w, buf, n * out_sz, d);
+			ck_model_done_range(p, n * in_sz);
+		}
+	}
+	if (!rc)
+		rc = ck_ggw_finish(w, d);
+	if (!rc) {
+		rc = ck_out_commit(out, d);
+		out = NULL;
+	}
+out:
+	ck_out_abort(out);
+	ck_ggw_free(w);
+	free(buf);
+	free(src);
+	return rc;
 }
 
 int cmd_cp(int argc, char **argv)
