@@ -410,8 +410,8 @@ static int parse_info(struct ck_gguf *g, struct rd *r, uint64_t k, struct ck_ten
 			       g->path, e);
 	tt = ck_ggml_type(type);
 	if (!tt)
-		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': unknown ggml type %s", g->path, e,
-			       ck_ggml_type_name(type, tb, sizeof(tb)));
+		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': type %s is not a known ggml type",
+			       g->path, e, ck_ggml_type_name(type, tb, sizeof(tb)));
 	if (ne[0] % tt->blck)
 		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': ne[0] = %" PRIu64 " is not a"
 			       " multiple of the %s block size %u", g->path, e, ne[0], tt->name,
@@ -476,10 +476,12 @@ static int check_tensors(struct ck_gguf *g, struct ck_diag *d)
 	}
 	qsort(v, g->nt, sizeof(*v), cmp_toff);
 	for (size_t i = 1; i < g->nt && !rc; i++)
-		if (v[i - 1]->offset + v[i - 1]->nbytes > v[i]->offset)
+		if (v[i - 1]->offset + v[i - 1]->nbytes > v[i]->offset) {
+			char e2[256];
 			rc = ck_fail(d, CK_EINVAL, "'%s': tensor '%s': data overlaps tensor '%s'",
 				     g->path, esc(v[i]->name, strlen(v[i]->name), e, sizeof(e)),
-				     v[i - 1]->name);
+				     esc(v[i - 1]->name, strlen(v[i - 1]->name), e2, sizeof(e2)));
+		}
 	free(v);
 	return rc;
 }
