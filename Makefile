@@ -102,7 +102,7 @@ fuzz:
 	$(Q)for f in $(FUZZ_SRCS); do n=$$(basename $$f .c); \
 		clang -std=c11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -o build-fuzz/$$n $$f \
 		build-fuzz/libckpt.a $(LDLIBS_ALL) || exit 1; done
-	@echo "run e.g.: build-fuzz/fuzz_safetensors -max_total_time=60 tests/bad"
+	@echo "run e.g.: mkdir -p build-fuzz/corpus && build-fuzz/fuzz_safetensors -max_total_time=60 build-fuzz/corpus tests/bad"
 
 PREFIX ?= /usr/local
 install: $(BUILD)/ckpt
