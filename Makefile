@@ -108,6 +108,8 @@ PREFIX ?= /usr/local
 install: $(BUILD)/ckpt
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 755 $(BUILD)/ckpt $(DESTDIR)$(PREFIX)/bin/ckpt
+	install -d $(DESTDIR)$(PREFIX)/share/man/man1
+	install -m 644 cmd/ckpt.1 $(DESTDIR)$(PREFIX)/share/man/man1/ckpt.1
 
 clean:
 	rm -rf build-asan build-fuzz $(BUILD)/obj $(BUILD)/tests $(BUILD)/ckpt $(BUILD)/libckpt.a

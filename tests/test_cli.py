@@ -41,3 +41,12 @@ def test_unknown_tool_and_option():
 def test_version():
     r = run("--version")
     assert r.code == 0 and r.out.startswith("ckpt ")
+
+
+def test_man_page_has_the_exit_code_table():
+    from conftest import ROOT
+    man = (ROOT / "cmd" / "ckpt.1").read_text()
+    for code in "01234":
+        assert f".B {code}\n" in man
+    for tool in TOOLS:
+        assert tool in man
