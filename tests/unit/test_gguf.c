@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include "tap.h"
 #include "../../libtensor/gguf.h"
+#include "../../quant/q8_0.h"
 
 static char dir[64];
 
@@ -272,6 +273,80 @@ static void writer_refuses_bad_plans(void)
 	CHECK(access(path, F_OK) != 0);
 }
 
+/* The f16 scale conversion in q8_0.h agrees with dtype.c (checked against numpy there). */
+static void q8_0_f16_matches_dtype(void)
+{
+	uint32_t x = 0x12345678, bad = 0;
+	const uint32_t edge[] = { 0, 0x80000000, 0x33000000, 0x33000001, 0x337fffff, 0x38800000,
+				  0x387fffff, 0x477fefff, 0x477ff000, 0x7f800000, 0xff800000,
+				  0x3f800000, 0x33c00000, 0x34200000 };
+	for (size_t i = 0; i < CK_ARRAY_SIZE(edge) + 2000000; i++) {
+		float f;
+		uint32_t b = i < CK_ARRAY_SIZE(edge) ? edge[i] : (x = x * 1664525u + 1013904223u);
+		memcpy(&f, &b, 4);
+		if (f != f)
+			continue;
+		if (ck_q8_0_f16(f) != ck_f32_to_f16(f) && bad++ < 5)
+			printf("# f16(0x%08x): %04x != %04x\n", b, ck_q8_0_f16(f), ck_f32_to_f16(f));
+		if (ck_q8_0_f32((uint16_t)b) != ck_f16_to_f32((uint16_t)b) &&
+		    ((b & 0x7c00) != 0x7c00 || !(b & 0x3ff)) && bad++ < 5)
+			printf("# f32(0x%04x)\n", b & 0xffff);
+	}
+	CHECK_EQ_U64(bad, 0);
+	CHECK(ck_q8_0_f16(NAN) == 0x7e00);
+}
+
+/* Bytes equal to gguf-py's quantize(x, Q8_0), stored by gguf-py in the fixture. */
+static void q8_0_matches_gguf_py(void)
+{
+	struct ck_diag d = CK_DIAG_INIT;
+	struct ck_gguf *g = NULL;
+	const struct ck_tensor *x, *q;
+	uint8_t *out;
+	float *y;
+	size_t bad = 0;
+
+	CHECK(ck_gguf_open(&g, "tests/fixtures/gguf/q8_0.gguf", &d) == 0);
+	if (!g) {
+		printf("# %s\n", d.msg);
+		return;
+	}
+	x = ck_gguf_tensor(g, 0);
+	q = ck_gguf_tensor(g, 1);
+	CHECK(x && q && x->dtype == CK_DT_F32 && q->ggml_type == CK_GGML_Q8_0 &&
+	      x->nelem == q->nelem && ck_q8_0_nbytes(x->nelem) == q->nbytes);
+	if (!x || !q || x->nelem != q->nelem || q->nbytes != ck_q8_0_nbytes(x->nelem)) {
+		ck_gguf_close(g);
+		return;
+	}
+	out = malloc(q->nbytes);
+	y = malloc(x->nelem * sizeof(float));
+	/* The mapping need not be aligned for float: copy. */
+	memcpy(y, x->data, x->nbytes);
+	CHECK(ck_q8_0_quantize(y, out, x->nelem) == 0);
+	for (size_t b = 0; b < q->nbytes / CK_Q8_0_BYTES; b++)
+		if (memcmp(out + b * CK_Q8_0_BYTES, q->data + b * CK_Q8_0_BYTES, CK_Q8_0_BYTES) &&
+		    bad++ < 5)
+			printf("# block %zu differs\n", b);
+	CHECK_EQ_U64(bad, 0);
+	CHECK_EQ_U64(q->nbytes / CK_Q8_0_BYTES, 36);
+	/* dequant: d * q with d from f16 */
+	CHECK(ck_q8_0_dequantize(q->data, y, x->nelem) == 0);
+	for (size_t i = 0; i < x->nelem; i++) {
+		const uint8_t *blk = q->data + i / 32 * 34;
+		float dd = ck_f16_to_f32((uint16_t)(blk[0] | blk[1] << 8));
+		float want = (float)(int8_t)blk[2 + i % 32] * dd;
+		if (memcmp(&want, &y[i], 4) && !(want != want && y[i] != y[i]))
+			bad++;
+	}
+	CHECK_EQ_U64(bad, 0);
+	CHECK(ck_q8_0_quantize(y, out, 31) == -1);
+	CHECK(ck_q8_0_nbytes(33) == 0);
+	free(out);
+	free(y);
+	ck_gguf_close(g);
+}
+
 int main(void)
 {
 	snprintf(dir, sizeof(dir), "/tmp/ckpt-test-gguf.XXXXXX");
@@ -281,6 +356,8 @@ int main(void)
 	RUN(truncations_and_flips);
 	RUN(huge_counts_fail_fast);
 	RUN(writer_refuses_bad_plans);
+	RUN(q8_0_f16_matches_dtype);
+	RUN(q8_0_matches_gguf_py);
 	for (int i = 0; i < 3; i++) {
 		char p[128];
 		snprintf(p, sizeof(p), "%s/s%d.gguf", dir, i);
