@@ -383,7 +383,8 @@ static void meta_value(FILE *f, const struct ck_gguf_value *v, int full, int jso
 		if (json && (v->f != v->f || v->f - v->f != 0))
 			fputs("null", f);	/* JSON has no NaN or Inf */
 		else
-			fprintf(f, v->type == CK_GGUF_F32 ? "%.9g" : "%.17g", v->f);
+			/* JSON readers parse doubles: give f32 values exactly */
+			fprintf(f, v->type == CK_GGUF_F32 && !json ? "%.9g" : "%.17g", v->f);
 		break;
 	case CK_GGUF_STRING:
 		if (json)
