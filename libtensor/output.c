@@ -10,6 +10,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <libgen.h>
 #include <signal.h>
@@ -143,6 +144,38 @@ int ck_write_all(int fd, const void *buf, size_t len, const char *name, struct c
 		}
 		p += n;
 		len -= (size_t)n;
+	}
+	return 0;
+}
+
+int ck_copy_range(int in_fd, uint64_t off, int out_fd, const char *out_name, uint64_t len,
+		  struct ck_diag *d)
+{
+	static _Thread_local char buf[1 << 16];
+	int fallback = getenv("CKPT_FAULT_WRITE_AT") != NULL;
+
+	while (len) {
+		size_t chunk = len < (1u << 30) ? (size_t)len : (1u << 30);
+		ssize_t n = -1;
+		if (!fallback) {
+			loff_t in_off = (loff_t)off;
+			n = copy_file_range(in_fd, &in_off, out_fd, NULL, chunk, 0);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)	/* EXDEV, ENOSYS, EINVAL...: not here */
+				fallback = 1;
+		}
+		if (fallback) {
+			n = pread(in_fd, buf, chunk < sizeof(buf) ? chunk : sizeof(buf), (off_t)off);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				return ck_fail(d, CK_EIO, "read failed at offset %" PRIu64 ": %s", off,
+					       n < 0 ? strerror(errno) : "unexpected end of file");
+			CK_TRY(ck_write_all(out_fd, buf, (size_t)n, out_name, d));
+		}
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
 	}
 	return 0;
 }

@@ -95,6 +95,16 @@ void ck_out_abort(struct ck_out *o);
 int ck_write_all(int fd, const void *buf, size_t len, const char *name, struct ck_diag *d);
 
 /*
+ * Copy len bytes of in_fd at offset off to the current position of out_fd:
+ * copy_file_range when the kernel can (no user-space copy; the filesystem
+ * may share extents), else pread + ck_write_all.  CKPT_FAULT_WRITE_AT forces
+ * the fallback so fault tests hit the write path.  out_name names out_fd in
+ * messages.
+ */
+int ck_copy_range(int in_fd, uint64_t off, int out_fd, const char *out_name, uint64_t len,
+		  struct ck_diag *d);
+
+/*
  * Install the signal handlers that remove registered temporaries.  Called
  * once by main(); harmless to call again.
  */

@@ -371,39 +371,21 @@ int ck_stw_write(struct ck_stw *w, const void *buf, size_t len, struct ck_diag *
 
 int ck_stw_copy_fd(struct ck_stw *w, int fd, uint64_t off, uint64_t len, struct ck_diag *d)
 {
-	char buf[1 << 16];
 	CK_TRY(open_current(w, d));
 	CK_TRY(advance(w, d));
 	while (len) {
 		struct ck_stw_tensor *t;
-		uint64_t left;
-		size_t chunk;
-		ssize_t n;
-		loff_t in_off = (loff_t)off;
+		uint64_t left, chunk;
 		if (w->cur >= w->n)
 			return ck_fail(d, CK_EINVAL, "more data than the planned tensors hold");
 		t = &w->t[w->cur];
 		left = t->nbytes - w->cur_done;
-		chunk = left < len ? (size_t)left : (size_t)len;
-		if (chunk > (1u << 30))
-			chunk = 1u << 30;
-		n = getenv("CKPT_FAULT_WRITE_AT") ? -1 :
-		    copy_file_range(fd, &in_off, w->shards[t->shard].fd, NULL, chunk, 0);
-		if (n <= 0) {
-			/* No copy_file_range here (or a fault test): read and write. */
-			size_t c = chunk < sizeof(buf) ? chunk : sizeof(buf);
-			n = pread(fd, buf, c, (off_t)off);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0)
-				return ck_fail(d, CK_EIO, "read failed at offset %" PRIu64 ": %s", off,
-					       n < 0 ? strerror(errno) : "unexpected EOF");
-			CK_TRY(ck_write_all(w->shards[t->shard].fd, buf, (size_t)n,
-					    w->shards[t->shard].name, d));
-		}
-		w->cur_done += (uint64_t)n;
-		off += (uint64_t)n;
-		len -= (uint64_t)n;
+		chunk = left < len ? left : len;
+		CK_TRY(ck_copy_range(fd, off, w->shards[t->shard].fd, w->shards[t->shard].name,
+				     chunk, d));
+		w->cur_done += chunk;
+		off += chunk;
+		len -= chunk;
 		CK_TRY(advance(w, d));
 	}
 	return 0;
