@@ -336,3 +336,22 @@ def test_cp_round_trips_the_tiny_gpt_oss(tmp_path):
     assert run("cp", "--dtype", "bf16", "--shard-size", "0", f32, back).code == 0
     c = load_folder(back)
     assert all(c[k] == a[k] for k in a)
+
+
+def test_ls_annotates_bnb_groups_and_per_expert_names(tmp_path):
+    qs = json.dumps({"quant_type": "fp4", "absmax": "a", "blocksize": 128, "quant_map": "q",
+                     "dtype": "bfloat16", "shape": [96, 64]}).encode()
+    p = "model.layers.0.mlp.experts.gate_up_projs.3."
+    f = tmp_path / "bnb.safetensors"
+    save_file({p + "weight": np.zeros((3072, 1), np.uint8), p + "weight.absmax": np.zeros(48, np.float32),
+               p + "weight.quant_map": np.zeros(16, np.float32),
+               p + "weight.quant_state.bitsandbytes__fp4": np.frombuffer(qs, np.uint8).copy(),
+               "model.layers.0.mlp.experts.down_proj.weights.2.bias": np.zeros(4, np.float32)}, str(f))
+    r = run("ls", f)
+    assert r.code == 0, r
+    notes = {l.split("\t")[0]: l.split("\t")[-1] for l in r.out.splitlines()}
+    w = notes[p + "weight"]
+    assert "fp4" in w and "128" in w and "[96, 64]" in w and "expert 3" in w, w
+    assert "expert 2" in notes["model.layers.0.mlp.experts.down_proj.weights.2.bias"]
+    s = json.loads(run("ls", "--summary", "--json", f).out)["models"][0]["summary"]
+    assert s["parameters"] == 96 * 64 + 4   # logical parameters, not packed bytes or state
