@@ -1,0 +1,239 @@
+/*
+ * merge_lora.c - ckpt merge-lora BASE ADAPTER OUT: merge a PEFT LoRA adapter
+ * into its base checkpoint, streaming, and write a model folder plus
+ * merge-report.json.  The plan (adapter config, tokenizer gate, every adapter
+ * tensor mapped) runs before anything is written; the work is in merge/.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cjson/cJSON.h>
+#include "ckpt.h"
+#include "../libtensor/files.h"
+#include "../libtensor/model.h"
+#include "../libtensor/output.h"
+#include "../libtensor/stwriter.h"
+#include "../merge/lora.h"
+
+#define TOOL "merge-lora"
+#define CONFIG_MAX (16u << 20)
+
+struct ml_opts {
+	double scale;
+	const char *dtype, *moe_layout;
+	int allow_tok, force, quiet;
+	uint64_t shard_size;
+	int64_t jobs;
+};
+
+/* ADAPTER is a folder (adapter_config.json + adapter_model.safetensors). */
+static int open_adapter(const char *dir, struct ck_model **m, struct ck_lora_config *cfg, char **st_path,
+			struct ck_diag *d)
+{
+	size_t n = strlen(dir) + 40, len;
+	char *cpath = ck_malloc(n), *buf = NULL;
+	int rc;
+
+	*st_path = ck_malloc(n);
+	if (!cpath || !*st_path) {
+		free(cpath);
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	}
+	snprintf(cpath, n, "%s/adapter_config.json", dir);
+	rc = ck_read_file(cpath, CONFIG_MAX, &buf, &len, d);
+	if (rc)
+		goto out;
+	rc = ck_lora_config_parse(cfg, buf, len, cpath, d);
+	if (rc)
+		goto out;
+	snprintf(*st_path, n, "%s/adapter_model.safetensors", dir);
+	if (access(*st_path, F_OK)) {
+		snprintf(cpath, n, "%s/adapter_model.bin", dir);
+		if (!access(cpath, F_OK))
+			rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': a pickled adapter; ckpt reads only "
+				     "adapter_model.safetensors", cpath);
+		else
+			rc = ck_fail(d, CK_EINVAL, "'%s': no adapter_model.safetensors", dir);
+		ck_lora_config_release(cfg);
+		goto out;
+	}
+	rc = ck_model_open(m, *st_path, d);
+	if (rc)
+		ck_lora_config_release(cfg);
+out:
+	free(cpath);
+	free(buf);
+	return rc;
+}
+
+static char *report_json(const struct ck_lora_plan *p, const char *base, const char *adapter,
+			 const struct ml_opts *o, cJSON *tok)
+{
+	cJSON *root = cJSON_CreateObject(), *arr;
+	char *s;
+
+	cJSON_AddStringToObject(root, "tool", "ckpt merge-lora");
+	cJSON_AddStringToObject(root, "base", base);
+	cJSON_AddStringToObject(root, "adapter", adapter);
+	if (p->cfg.peft_version)
+		cJSON_AddStringToObject(root, "peft_version", p->cfg.peft_version);
+	else
+		cJSON_AddNullToObject(root, "peft_version");
+	cJSON_AddNumberToObject(root, "user_scale", o->scale);
+	cJSON_AddNumberToObject(root, "adapter_tensors", (double)p->nadapter_tensors);
+	cJSON_AddNumberToObject(root, "adapter_tensors_consumed", (double)p->nadapter_tensors);
+	if (p->moe_layout != CK_MOE_AUTO) {
+		cJSON *m = cJSON_AddObjectToObject(root, "moe_layout");
+		cJSON_AddStringToObject(m, "layout", ck_moe_layout_name(p->moe_layout));
+		cJSON_AddStringToObject(m, "decided_by", p->moe_why);
+		cJSON_AddStringToObject(m, "lora_B", p->cfg.b_layout == CK_LORA_B_GROUPED ? "grouped_by_expert"
+							: "rank_major");
+	}
+	if (tok)
+		cJSON_AddItemToObject(root, "tokenizer", tok);
+	else
+		cJSON_AddNullToObject(root, "tokenizer");
+	arr = cJSON_AddArrayToObject(root, "tensors");
+	for (size_t i = 0; i < p->nitems; i++) {
+		const struct ck_lora_item *it = &p->items[i];
+		cJSON *t;
+		if (it->op == CK_LOP_NONE && !it->replace)
+			continue;
+		t = cJSON_CreateObject();
+		cJSON_AddStringToObject(t, "name", it->base->name);
+		cJSON_AddStringToObject(t, "op", it->op == CK_LOP_NONE ? "replace" : ck_lora_op_name(it->op));
+		cJSON_AddBoolToObject(t, "replaced", it->replace != NULL);
+		if (it->op != CK_LOP_NONE) {
+			cJSON_AddStringToObject(t, "module", it->key);
+			cJSON_AddNumberToObject(t, "rank", (double)it->r);
+			cJSON_AddNumberToObject(t, "alpha", it->alpha);
+			cJSON_AddNumberToObject(t, "scale", it->scale);
+			cJSON_AddNumberToObject(t, "max_abs_delta", it->max_delta);
+			if (it->mag)
+				cJSON_AddBoolToObject(t, "dora", 1);
+			if (it->op == CK_LOP_EXPERTS) {
+				cJSON_AddNumberToObject(t, "experts", (double)it->E);
+				cJSON_AddStringToObject(t, "layout", ck_moe_layout_name(it->layout));
+			}
+		}
+		cJSON_AddItemToArray(arr, t);
+	}
+	s = cJSON_Print(root);
+	cJSON_Delete(root);
+	return s;
+}
+
+static enum ck_dtype dtype_of(const char *s)
+{
+	if (!s)
+		return CK_DT_UNKNOWN;
+	return !strcmp(s, "bf16") ? CK_DT_BF16 : !strcmp(s, "f16") ? CK_DT_F16 : CK_DT_F32;
+}
+
+int cmd_merge_lora(int argc, char **argv)
+{
+	struct ml_opts o = { .scale = 1.0, .shard_size = CK_SHARD_SIZE_DEFAULT, .jobs = 0 };
+	const struct ck_option opts[] = {
+		CK_OPT_DOUBLE(0, "scale", &o.scale, "X", "multiply every LoRA delta by X [1]"),
+		CK_OPT_CHOICE(0, "dtype", &o.dtype, "bf16|f16|f32", "write float tensors in this type [the base's]"),
+		CK_OPT_CHOICE(0, "moe-layout", &o.moe_layout, "standard|swapped",
+			      "orientation of expert LoRA when the adapter does not decide it"),
+		CK_OPT_FLAG(0, "allow-tokenizer-mismatch", &o.allow_tok,
+			    "merge even when the adapter's tokenizer differs from the base's"),
+		CK_OPT_SIZE(0, "shard-size", &o.shard_size, "SIZE", "largest output shard [5GB]"),
+		CK_OPT_INT('j', "jobs", &o.jobs, "N", "threads for the merge arithmetic [all cores]"),
+		CK_OPT_FLAG('f', "force", &o.force, "replace an existing OUT"),
+		CK_OPT_FLAG('q', "quiet", &o.quiet, "print nothing on success"),
+		CK_OPT_END,
+	};
+	const struct ck_usage u = {
+		.tool = TOOL,
+		.synopsis = "ckpt merge-lora [options] BASE ADAPTER OUT",
+		.about = "Merge a PEFT LoRA adapter (a folder with adapter_config.json and\n"
+			 "adapter_model.safetensors) into BASE (a model folder or .safetensors file) and\n"
+			 "write the merged model folder OUT: sharded safetensors, BASE's config and\n"
+			 "tokenizer files, and merge-report.json.  Every adapter tensor must map to a base\n"
+			 "tensor (Linear and embedding LoRA, DoRA, lora_bias, rslora, rank/alpha patterns,\n"
+			 "modules_to_save, gpt-oss expert target_parameters); anything else is refused.\n"
+			 "The arithmetic is PEFT merge_and_unload's; memory stays at a block of rows.",
+		.min_args = 3,
+		.max_args = 3,
+	};
+	struct ck_diag d = CK_DIAG_INIT;
+	struct ck_model *base = NULL, *ad = NULL;
+	struct ck_lora_config cfg;
+	struct ck_lora_plan *plan = NULL;
+	struct ck_lora_opts lo = { 0 };
+	struct ck_out *out = NULL;
+	char *st_path = NULL, *rep = NULL;
+	int rc = 0;
+
+	ck_parse_options(argc, argv, opts, &u);
+	if (!isfinite(o.scale))
+		return ck_usage_error(TOOL, "--scale needs a finite number");
+	if (o.jobs < 0 || o.jobs > 1024)
+		return ck_usage_error(TOOL, "--jobs needs a number from 1 to 1024");
+	if (!o.jobs)
+		o.jobs = ck_ncpus();
+	lo.scale = o.scale;
+	lo.moe_layout = !o.moe_layout ? CK_MOE_AUTO : !strcmp(o.moe_layout, "standard") ? CK_MOE_STANDARD
+										      : CK_MOE_SWAPPED;
+	if ((rc = ck_model_open(&base, argv[0], &d)))
+		goto fail;
+	if (ck_model_kind(base) == CK_MODEL_GGUF) {
+		rc = ck_fail(&d, CK_EUNSUPPORTED, "'%s': a GGUF base is not supported (merge into the "
+			     "safetensors model, then convert)", argv[0]);
+		goto fail;
+	}
+	if ((rc = open_adapter(argv[1], &ad, &cfg, &st_path, &d)))
+		goto fail;
+	if ((rc = ck_lora_plan(&plan, base, ad, &cfg, &lo, &d)))
+		goto fail;
+	{
+		const char *inputs[] = { ck_model_path(base), argv[1] };
+		rc = ck_out_begin(&out, CK_OUT_DIR, argv[2], o.force, inputs, 2, &d);
+		if (rc)
+			goto fail;
+	}
+	if ((rc = ck_lora_write(plan, base, out, o.shard_size, dtype_of(o.dtype), (int)o.jobs, &d)))
+		goto fail;
+	if (ck_model_kind(base) == CK_MODEL_FOLDER) {
+		const char *skip[] = { "merge-report.json" };
+		if ((rc = ck_copy_aux_files(out, ck_model_dir(base), skip, 1, &d)) < 0)
+			goto fail;
+	}
+	rep = report_json(plan, argv[0], argv[1], &o, NULL);
+	if (!rep) {
+		rc = ck_fail(&d, CK_ENOMEM, "out of memory");
+		goto fail;
+	}
+	if ((rc = ck_out_write_file(out, "merge-report.json", rep, strlen(rep), &d)))
+		goto fail;
+	rc = ck_out_commit(out, &d);
+	out = NULL;
+	if (rc)
+		goto fail;
+	if (!o.quiet) {
+		size_t nmerged = 0;
+		for (size_t i = 0; i < plan->nitems; i++)
+			nmerged += plan->items[i].op != CK_LOP_NONE || plan->items[i].replace;
+		printf("merged %zu adapter tensors into %zu of %zu tensors", plan->nadapter_tensors, nmerged,
+		       plan->nitems);
+		if (plan->moe_layout != CK_MOE_AUTO)
+			printf("; experts: %s layout (decided by %s)", ck_moe_layout_name(plan->moe_layout),
+			       plan->moe_why);
+		printf("\n");
+	}
+	goto done;
+fail:
+	rc = ck_report(TOOL, &d);
+done:
+	ck_out_abort(out);
+	free(rep);
+	free(st_path);
+	ck_lora_plan_free(plan);
+	ck_model_free(ad);
+	ck_model_free(base);
+	return rc;
+}

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Make the LoRA fixtures of `ckpt merge-lora` with real PEFT + transformers.
+
+    $FIXTURE_VENV/bin/python scripts/make-fixtures-lora.py          # write tests/fixtures/lora/
+    $FIXTURE_VENV/bin/python scripts/make-fixtures-lora.py --check CASE OUT
+                                 # load a ckpt merge-lora output OUT with transformers and
+                                 # compare its logits with the PEFT-merged model's
+
+Run by hand (CI has no torch).  Needs tests/fixtures/tiny-gpt-oss and
+tiny-llama (scripts/make-fixtures-tiny.py).  For every case it writes
+  tests/fixtures/lora/<case>/            the adapter as PEFT saves it (save_pretrained),
+                                         with tokenizer files where a trainer would save them
+  tests/fixtures/lora/ref/<case>.safetensors
+                                         every tensor merge_and_unload changed: its BF16
+                                         bits as U16 (so tests compare bits with numpy alone),
+                                         plus "__logits__": the merged model's logits (F32,
+                                         eager, CPU) at the last positions of the prompt
+The adapters get random A and B (B is zero at PEFT's init, which would merge
+nothing) with a fixed seed.
+"""
+import json
+import pathlib
+import shutil
+import sys
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIX = ROOT / "tests" / "fixtures"
+OUT = FIX / "lora"
+BASES = {"oss": FIX / "tiny-gpt-oss", "llama": FIX / "tiny-llama"}
+SEED = 6
+NLOGITS = 6	# positions of the prompt kept in the reference logits
+
+ATTN = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+# name: (base, LoraConfig kwargs, tokenizer files: None | "same" | "pad" | "vocab")
+CASES = {
+	"llama-attn": ("llama", dict(r=4, lora_alpha=8, target_modules=ATTN), "same"),
+	"llama-rslora-patterns": ("llama", dict(
+		r=4, lora_alpha=8, use_rslora=True, target_modules="all-linear",
+		rank_pattern={"down_proj": 2, "model.layers.1.self_attn.q_proj": 6},
+		alpha_pattern={"v_proj": 3, "layers.0.mlp.up_proj": 5.5}), None),
+	"llama-dora": ("llama", dict(r=4, lora_alpha=8, use_dora=True,
+	                             target_modules=["q_proj", "v_proj", "down_proj"]), None),
+	"llama-mts": ("llama", dict(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"],
+	                            modules_to_save=["lm_head"]), None),
+	"llama-embed": ("llama", dict(r=4, lora_alpha=4, target_modules=["embed_tokens", "o_proj"]), None),
+	"oss-attn": ("oss", dict(r=4, lora_alpha=8, target_modules="all-linear"), "same"),
+	"oss-attn-bias": ("oss", dict(r=2, lora_alpha=4, target_modules=["q_proj", "o_proj"], lora_bias=True), None),
+	"oss-experts": ("oss", dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"],
+	                            target_parameters=["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]),
+	                "same"),
+	"oss-experts-gateup": ("oss", dict(r=2, lora_alpha=8, target_modules=[],
+	                                   target_parameters=["0.mlp.experts.gate_up_proj"]), None),
+	"oss-experts-down": ("oss", dict(r=2, lora_alpha=3, use_rslora=True, target_modules=[],
+	                                 target_parameters=["mlp.experts.down_proj"]), None),
+	"oss-tok-pad": ("oss", dict(r=4, lora_alpha=8, target_modules=["q_proj"]), "pad"),
+	"oss-tok-vocab": ("oss", dict(r=4, lora_alpha=8, target_modules=["q_proj"]), "vocab"),
+}
+
+PROMPT_IDS = None
+
+
+def prompt_ids():
+	from safetensors.numpy import load_file
+	return load_file(str(FIX / "tiny-gpt-oss-ref" / "logits.safetensors"))["input_ids"].tolist()
+
+
+def load_base(kind):
+	from transformers import AutoModelForCausalLM
+	m = AutoModelForCausalLM.from_pretrained(BASES[kind], dtype=torch.bfloat16, attn_implementation="eager")
+	return m.to(torch.bfloat16)	# also the norms transformers keeps in fp32
+
+
+def randomize(model, gen):
+	with torch.no_grad():
+		for name, p in model.named_parameters():
+			if "lora_" in name and "magnitude" not in name:
+				p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+			elif "lora_magnitude_vector" in name:
+				p.mul_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+			elif "modules_to_save" in name:
+				p.add_((0.05 * torch.randn(p.shape, generator=gen)).to(p.dtype))
+
+
+def write_tokenizer(kind, how, dst):
+	src = BASES[kind]
+	for f in ("tokenizer.json", "tokenizer_config.json"):
+		shutil.copyfile(src / f, dst / f)
+	if how == "pad":
+		cfg = json.loads((dst / "tokenizer_config.json").read_text())
+		cfg["pad_token"] = "<|reserved_200017|>"	# what Unsloth ships for gpt-oss
+		(dst / "tokenizer_config.json").write_text(json.dumps(cfg, ensure_ascii=False, indent=2) + "\n")
+	elif how == "vocab":
+		tj = json.loads((dst / "tokenizer.json").read_text())
+		vocab = tj["model"]["vocab"]
+		victim = max(vocab, key=lambda k: vocab[k])	# the last BPE token gets another string
+		vocab["Ġckpt"] = vocab.pop(victim)
+		(dst / "tokenizer.json").write_text(json.dumps(tj, ensure_ascii=False, indent=2) + "\n")
+
+
+def logits_of(model):
+	m = model.float().eval()
+	with torch.no_grad():
+		out = m(torch.tensor([prompt_ids()])).logits[0, -NLOGITS:].float().numpy()
+	model.to(torch.bfloat16)
+	return np.ascontiguousarray(out)
+
+
+def make():
+	from peft import LoraConfig, PeftModel, get_peft_model
+	from safetensors.numpy import save_file
+	from safetensors.torch import load_file as tload
+
+	shutil.rmtree(OUT, ignore_errors=True)
+	(OUT / "ref").mkdir(parents=True)
+	gen = torch.Generator().manual_seed(SEED)
+	torch.manual_seed(SEED)
+	for case, (kind, kw, tok) in CASES.items():
+		base = load_base(kind)
+		peft_model = get_peft_model(base, LoraConfig(**kw))
+		randomize(peft_model, gen)
+		d = OUT / case
+		peft_model.save_pretrained(d)
+		if tok:
+			write_tokenizer(kind, tok, d)
+		# The reference: a fresh base, the adapter as saved, merge_and_unload.
+		base_sd = {k: v.clone() for k, v in load_base(kind).state_dict().items()}
+		merged = PeftModel.from_pretrained(load_base(kind), d).merge_and_unload()
+		msd = merged.state_dict()
+		assert set(msd) == set(base_sd), set(msd) ^ set(base_sd)
+		changed = {}
+		for k, v in msd.items():
+			if not torch.equal(v, base_sd[k]):
+				assert v.dtype == torch.bfloat16, (k, v.dtype)
+				changed[k] = v.detach().contiguous().view(torch.uint16).numpy()
+		assert changed, case
+		changed["__logits__"] = logits_of(merged)
+		meta = {"case": case, "base": BASES[kind].name, "dtype": "BF16 bit patterns stored as U16",
+		        "logits": f"merged model upcast to F32, eager, CPU, last {NLOGITS} positions of the tiny prompt"}
+		save_file(changed, str(OUT / "ref" / f"{case}.safetensors"), metadata=meta)
+		ad = tload(str(d / "adapter_model.safetensors"))
+		print(f"{case}: {len(ad)} adapter tensors, {len(changed) - 1} merged tensors changed")
+	import importlib.metadata as md
+	(OUT / "VERSIONS.txt").write_text("# scripts/make-fixtures-lora.py\n" + "".join(
+		f"{n}=={md.version(n)}\n" for n in ("torch", "transformers", "peft", "safetensors", "numpy")))
+	total = sum(f.stat().st_size for f in OUT.rglob("*") if f.is_file())
+	print(f"fixtures/lora: {total} bytes")
+
+
+def check(case, out):
+	"""transformers loads a merge-lora output; its logits equal the PEFT-merged model's."""
+	from safetensors.numpy import load_file
+	from transformers import AutoModelForCausalLM
+	ref = load_file(str(OUT / "ref" / f"{case}.safetensors"))["__logits__"]
+	m = AutoModelForCausalLM.from_pretrained(out, dtype=torch.bfloat16, attn_implementation="eager")
+	got = logits_of(m.to(torch.bfloat16))
+	diff = float(np.abs(got - ref).max())
+	print(f"{case}: max |logits - PEFT merged| = {diff:.3g} (logits std {float(ref.std()):.3g})")
+	return diff
+
+
+if __name__ == "__main__":
+	if len(sys.argv) == 4 and sys.argv[1] == "--check":
+		sys.exit(0 if check(sys.argv[2], sys.argv[3]) < 1e-3 else 1)
+	make()

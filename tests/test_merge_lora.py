@@ -1,0 +1,158 @@
+"""ckpt merge-lora against PEFT merge_and_unload (scripts/make-fixtures-lora.py).
+
+The references are the tensors real PEFT 0.21.2 changed when it merged each
+adapter into the tiny models, stored as BF16 bit patterns; every other tensor
+must come out byte-identical to the base.  Merged tensors must match within
+one BF16 ulp everywhere and bit for bit on at least 99.9% of the elements.
+"""
+import json
+import pathlib
+import struct
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import FIXTURES, assert_one_line_error, leftovers, run
+
+LORA = FIXTURES / "lora"
+BASES = {"oss": FIXTURES / "tiny-gpt-oss", "llama": FIXTURES / "tiny-llama"}
+
+# case -> extra arguments
+CASES = {
+    "llama-attn": [],
+    "llama-rslora-patterns": [],
+    "llama-dora": [],
+    "llama-mts": [],
+    "llama-embed": [],
+    "oss-attn": [],
+    "oss-attn-bias": [],
+    "oss-experts": [],
+    "oss-experts-gateup": [],
+    "oss-experts-down": ["--moe-layout", "standard"],
+}
+
+
+def raw_tensors(folder):
+    """name -> (dtype, shape, bytes) straight from the safetensors headers."""
+    folder = pathlib.Path(folder)
+    idx = folder / "model.safetensors.index.json"
+    files = sorted(set(json.loads(idx.read_text())["weight_map"].values())) if idx.exists() \
+        else ["model.safetensors"]
+    out = {}
+    for fn in files:
+        b = (folder / fn).read_bytes()
+        n = struct.unpack("<Q", b[:8])[0]
+        h = json.loads(b[8:8 + n])
+        h.pop("__metadata__", None)
+        for k, v in h.items():
+            s, e = v["data_offsets"]
+            out[k] = (v["dtype"], v["shape"], b[8 + n + s:8 + n + e])
+    return out
+
+
+def bf16_ulps(a, b):
+    """Distance in BF16 ulps between two arrays of bit patterns (uint16)."""
+    def ordered(x):
+        x = x.astype(np.int32)
+        return np.where(x & 0x8000, 0x8000 - (x & 0x7FFF), x + 0x8000)
+    return np.abs(ordered(a) - ordered(b))
+
+
+def base_of(case):
+    return BASES[case.split("-")[0]]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_equals_peft(case, tmp_path):
+    out = tmp_path / "merged"
+    r = run("merge-lora", base_of(case), LORA / case, out, *CASES[case])
+    assert r.code == 0, r
+    got = raw_tensors(out)
+    base = raw_tensors(base_of(case))
+    ref = load_file(str(LORA / "ref" / f"{case}.safetensors"))
+    ref.pop("__logits__")
+    assert set(got) == set(base)
+    total = exact = 0
+    for name, (dt, shape, data) in got.items():
+        assert (dt, shape) == base[name][:2], name
+        if name not in ref:
+            assert data == base[name][2], f"{name} changed but PEFT left it alone"
+            continue
+        g = np.frombuffer(data, dtype=np.uint16).reshape(shape)
+        want = ref[name].reshape(shape)
+        ulps = bf16_ulps(g, want)
+        assert ulps.max() <= 1, (name, int(ulps.max()))
+        total += g.size
+        exact += int((ulps == 0).sum())
+    assert total > 0
+    assert exact / total >= 0.999, (case, exact, total)
+    print(f"{case}: {exact}/{total} elements bit-exact")
+    rep = json.loads((out / "merge-report.json").read_text())
+    assert rep["adapter_tensors"] == rep["adapter_tensors_consumed"]
+    assert {t["name"] for t in rep["tensors"]} >= set(ref)
+    # config and tokenizer come along byte for byte
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (out / f).read_bytes() == (base_of(case) / f).read_bytes()
+
+
+def test_square_experts_need_a_decision(tmp_path):
+    """down_proj alone is square: PEFT >= 0.19 leaves its orientation to the
+    transformers version, which the adapter does not record."""
+    out = tmp_path / "o"
+    r = run("merge-lora", BASES["oss"], LORA / "oss-experts-down", out)
+    assert_one_line_error(r, 2, "--moe-layout")
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_swapped_is_not_standard(tmp_path):
+    """The wrong orientation gives another model (the test can fail)."""
+    out = tmp_path / "o"
+    r = run("merge-lora", BASES["oss"], LORA / "oss-experts-down", out, "--moe-layout", "swapped")
+    assert r.code == 0, r
+    ref = load_file(str(LORA / "ref" / "oss-experts-down.safetensors"))
+    got = raw_tensors(out)
+    name = "model.layers.0.mlp.experts.down_proj"
+    g = np.frombuffer(got[name][2], dtype=np.uint16)
+    assert bf16_ulps(g, ref[name].reshape(-1)).max() > 1
+
+
+def test_scale_zero_is_the_base(tmp_path):
+    out = tmp_path / "o"
+    r = run("merge-lora", BASES["llama"], LORA / "llama-attn", out, "--scale", "0")
+    assert r.code == 0, r
+    got, base = raw_tensors(out), raw_tensors(BASES["llama"])
+    assert all(got[k][2] == base[k][2] for k in base)
+
+
+def test_dtype_f32_and_shards(tmp_path):
+    out = tmp_path / "o"
+    r = run("merge-lora", BASES["oss"], LORA / "oss-experts", out, "--dtype", "f32",
+            "--shard-size", "200KB", "-j", "3")
+    assert r.code == 0, r
+    assert (out / "model.safetensors.index.json").exists()
+    got = raw_tensors(out)
+    ref = load_file(str(LORA / "ref" / "oss-experts.safetensors"))
+    for name, (dt, shape, data) in got.items():
+        assert dt == "F32"
+        if name in ref:
+            f = np.frombuffer(data, dtype=np.float32).reshape(shape)
+            want = (ref[name].astype(np.uint32) << 16).view(np.float32).reshape(shape)
+            # F32 output keeps the bits PEFT rounds away: within one BF16 ulp of it.
+            assert np.allclose(f, want, rtol=2 ** -7, atol=1e-6), name
+
+
+def test_existing_output_needs_force(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    r = run("merge-lora", BASES["llama"], LORA / "llama-attn", out)
+    assert r.code != 0
+    r = run("merge-lora", BASES["llama"], LORA / "llama-attn", out, "--force")
+    assert r.code == 0, r
+
+
+def test_help():
+    r = run("merge-lora", "-h")
+    assert r.code == 0
+    for opt in ("--scale", "--dtype", "--moe-layout", "--allow-tokenizer-mismatch", "--shard-size", "--jobs"):
+        assert opt in r.out
