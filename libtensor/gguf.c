@@ -1083,7 +1083,8 @@ int ck_ggw_begin(struct ck_ggw *w, struct ck_diag *d)
 	rc = ck_out_open(w->o, "model.gguf", &w->fd, d);
 	if (!rc)
 		rc = ck_write_all(w->fd, b.p, b.len, w->fname, d);
-	if (!rc)
+	/* As ggml: no padding without tensors (a 2^31 alignment must not cost 2 GiB). */
+	if (!rc && w->n)
 		rc = write_pad(w, pad_to(b.len, align), d);
 	free(b.p);
 	CK_TRY(rc);

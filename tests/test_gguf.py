@@ -218,6 +218,24 @@ def test_cp_rename_too_long_is_refused(sample, tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+def test_cp_metadata_only_file(tmp_path):
+    src, out = tmp_path / "in.gguf", tmp_path / "out.gguf"
+    w = gguf.GGUFWriter(str(src), "llama")
+    w.add_custom_alignment(1 << 20)
+    w.add_array("t.strs", ["a", "b"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    r = run("cp", src, out)
+    assert r.code == 0, r
+    assert out.stat().st_size < 200     # no padding to 1 MiB without tensors (as ggml)
+    rd = gguf.GGUFReader(str(out))
+    assert rd.alignment == 1 << 20 and rd.tensors == []
+    assert rd.fields["t.strs"].contents() == ["a", "b"]
+    assert ls_json(out)["summary"]["tensors"] == 0
+
+
 def test_q8_0_fixture_is_gguf_py_output():
     """The fixture the C unit test compares against is what gguf-py computes today."""
     rd = gguf.GGUFReader(str(BAD.parent / "fixtures" / "gguf" / "q8_0.gguf"))
