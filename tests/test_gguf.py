@@ -218,6 +218,20 @@ def test_cp_rename_too_long_is_refused(sample, tmp_path):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
+def test_version_2_is_read_and_written_as_3(tmp_path):
+    # v2 and v3 are the same bytes on disk for a little-endian file; gguf-py writes only v3.
+    src, out = tmp_path / "v2.gguf", tmp_path / "out.gguf"
+    make_gguf(src)
+    b = bytearray(src.read_bytes())
+    b[4:8] = (2).to_bytes(4, "little")
+    src.write_bytes(bytes(b))
+    assert ls_json(src, "--meta")["metadata"]["GGUF.version"]["value"] == 2
+    assert run("cp", src, out).code == 0
+    assert out.read_bytes()[4:8] == (3).to_bytes(4, "little")
+    assert out.read_bytes()[8:] == bytes(b[8:])
+    assert gguf.GGUFReader(str(out)).fields["GGUF.version"].contents() == 3
+
+
 def test_cp_metadata_only_file(tmp_path):
     src, out = tmp_path / "in.gguf", tmp_path / "out.gguf"
     w = gguf.GGUFWriter(str(src), "llama")
