@@ -439,22 +439,33 @@ void ck_gptoss_qkv_rows(const struct ck_gptoss_config *c, uint64_t rows[3])
 }
 
 /* The quantization_config OpenAI's HF checkpoints carry (Mxfp4Config.to_dict). */
-static cJSON *mxfp4_quant_config(void)
-{
-	static const char *const keep[] = { "model.layers.*.self_attn", "model.layers.*.mlp.router",
-					    "model.embed_tokens", "lm_head" };
-	cJSON *q = cJSON_CreateObject();
+static const char mx_quant_config[] =
+	"{\"modules_to_not_convert\": [\"model.layers.*.self_attn\", \"model.layers.*.mlp.router\", "
+	"\"model.embed_tokens\", \"lm_head\"], \"quant_method\": \"mxfp4\"}";
 
-	if (!q)
-		return NULL;
-	cJSON_AddItemToObject(q, "modules_to_not_convert",
-			      cJSON_CreateStringArray(keep, (int)CK_ARRAY_SIZE(keep)));
-	cJSON_AddStringToObject(q, "quant_method", "mxfp4");
-	return q;
+/*
+ * A float the way Python's json writes it: integral values keep ".0"
+ * (transformers 5 validates config fields by type and refuses 7 for a
+ * float), others in the shortest form that reads back the same.
+ */
+static cJSON *py_float(double v)
+{
+	char buf[40];
+
+	if (v == floor(v) && fabs(v) < 1e16) {
+		snprintf(buf, sizeof(buf), "%.1f", v);
+	} else {
+		for (int prec = 1; prec <= 17; prec++) {
+			snprintf(buf, sizeof(buf), "%.*g", prec, v);
+			if (strtod(buf, NULL) == v)
+				break;
+		}
+	}
+	return cJSON_CreateRaw(buf);
 }
 
 /* A HF config.json for c, keys in the sorted order save_pretrained writes. */
-static cJSON *hf_from_original(const struct ck_gptoss_config *c)
+static cJSON *hf_from_original(const struct ck_gptoss_config *c, int mxfp4)
 {
 	cJSON *o = cJSON_CreateObject(), *rope, *types;
 	const char *arch = "GptOssForCausalLM";
@@ -463,14 +474,18 @@ static cJSON *hf_from_original(const struct ck_gptoss_config *c)
 		return NULL;
 	cJSON_AddItemToObject(o, "architectures", cJSON_CreateStringArray(&arch, 1));
 	cJSON_AddTrueToObject(o, "attention_bias");
-	cJSON_AddNumberToObject(o, "attention_dropout", 0.0);
-	cJSON_AddNumberToObject(o, "eos_token_id", 200002);
+	cJSON_AddItemToObject(o, "attention_dropout", py_float(0.0));
+	/* gpt-oss's <|return|> and <|endoftext|>; a vocabulary too small for them gets null */
+	if (c->vocab > 200002)
+		cJSON_AddNumberToObject(o, "eos_token_id", 200002);
+	else
+		cJSON_AddNullToObject(o, "eos_token_id");
 	cJSON_AddNumberToObject(o, "experts_per_token", (double)c->experts_per_tok);
 	cJSON_AddNumberToObject(o, "head_dim", (double)c->head_dim);
 	cJSON_AddStringToObject(o, "hidden_act", "silu");
 	cJSON_AddNumberToObject(o, "hidden_size", (double)c->hidden);
 	cJSON_AddNumberToObject(o, "initial_context_length", (double)c->initial_context);
-	cJSON_AddNumberToObject(o, "initializer_range", 0.02);
+	cJSON_AddItemToObject(o, "initializer_range", py_float(0.02));
 	cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate);
 	types = cJSON_AddArrayToObject(o, "layer_types");
 	/* even layers use the sliding window (OpenAI model.py: layer_idx % 2 == 0) */
@@ -485,67 +500,192 @@ static cJSON *hf_from_original(const struct ck_gptoss_config *c)
 	cJSON_AddNumberToObject(o, "num_key_value_heads", (double)c->kv_heads);
 	cJSON_AddNumberToObject(o, "num_local_experts", (double)c->experts);
 	cJSON_AddFalseToObject(o, "output_router_logits");
-	cJSON_AddNumberToObject(o, "pad_token_id", 199999);
-	cJSON_AddNumberToObject(o, "rms_norm_eps", c->rms_eps);
+	if (c->vocab > 199999)
+		cJSON_AddNumberToObject(o, "pad_token_id", 199999);
+	else
+		cJSON_AddNullToObject(o, "pad_token_id");
+	if (mxfp4)
+		cJSON_AddItemToObject(o, "quantization_config", cJSON_CreateRaw(mx_quant_config));
+	cJSON_AddItemToObject(o, "rms_norm_eps", py_float(c->rms_eps));
 	rope = cJSON_AddObjectToObject(o, "rope_scaling");
 	if (rope) {
-		cJSON_AddNumberToObject(rope, "beta_fast", c->rope_beta_fast);
-		cJSON_AddNumberToObject(rope, "beta_slow", c->rope_beta_slow);
-		cJSON_AddNumberToObject(rope, "factor", c->rope_factor);
+		cJSON_AddItemToObject(rope, "beta_fast", py_float(c->rope_beta_fast));
+		cJSON_AddItemToObject(rope, "beta_slow", py_float(c->rope_beta_slow));
+		cJSON_AddItemToObject(rope, "factor", py_float(c->rope_factor));
 		cJSON_AddNumberToObject(rope, "original_max_position_embeddings",
 					(double)c->rope_original_max);
 		cJSON_AddStringToObject(rope, "rope_type", "yarn");
 		cJSON_AddFalseToObject(rope, "truncate");
 	}
-	cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
-	cJSON_AddNumberToObject(o, "router_aux_loss_coef", 0.9);
+	cJSON_AddItemToObject(o, "rope_theta", py_float(c->rope_theta));
+	cJSON_AddItemToObject(o, "router_aux_loss_coef", py_float(0.9));
 	cJSON_AddNumberToObject(o, "sliding_window", (double)c->sliding_window);
-	cJSON_AddNumberToObject(o, "swiglu_limit", c->swiglu_limit);
+	cJSON_AddItemToObject(o, "swiglu_limit", py_float(c->swiglu_limit));
 	cJSON_AddFalseToObject(o, "tie_word_embeddings");
 	cJSON_AddTrueToObject(o, "use_cache");
 	cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab);
 	return o;
 }
 
+/* ---- editing a HF config.json as text, so every other byte stays as transformers wrote it ---- */
+
+static const char *skip_ws(const char *p, const char *end)
+{
+	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+		p++;
+	return p;
+}
+
+/* The end of the JSON value at p (the text is known to parse). */
+static const char *skip_value(const char *p, const char *end)
+{
+	int depth = 0;
+
+	do {
+		if (p >= end)
+			return end;
+		if (*p == '"') {
+			for (p++; p < end && *p != '"'; p++)
+				if (*p == '\\')
+					p++;
+			p++;
+		} else if (*p == '{' || *p == '[') {
+			depth++;
+			p++;
+		} else if (*p == '}' || *p == ']') {
+			depth--;
+			p++;
+		} else if (depth) {
+			p++;
+		} else {
+			while (p < end && !strchr(",}] \t\r\n", *p))
+				p++;
+		}
+	} while (depth > 0);
+	return p;
+}
+
+struct member {
+	const char *key, *end;	/* the opening quote of the key; the end of the value */
+	size_t klen;
+};
+
+/* The members of the top-level object of src (at most cap); returns their number or -1. */
+static int members(const char *src, size_t len, struct member *m, int cap)
+{
+	const char *p = src, *end = src + len;
+	int n = 0;
+
+	p = skip_ws(p, end);
+	if (p >= end || *p++ != '{')
+		return -1;
+	for (;;) {
+		p = skip_ws(p, end);
+		if (p < end && *p == '}')
+			return n;
+		if (p >= end || *p != '"' || n == cap)
+			return -1;
+		m[n].key = p;
+		p = skip_value(p, end);
+		m[n].klen = (size_t)(p - m[n].key);
+		p = skip_ws(p, end);
+		if (p >= end || *p++ != ':')
+			return -1;
+		p = skip_value(skip_ws(p, end), end);
+		m[n++].end = p;
+		p = skip_ws(p, end);
+		if (p < end && *p == ',')
+			p++;
+	}
+}
+
+static int key_is(const struct member *m, const char *k)
+{
+	return m->klen == strlen(k) + 2 && !memcmp(m->key + 1, k, m->klen - 2);
+}
+
+static int key_after(const struct member *m, const char *k)
+{
+	size_t n = strlen(k), kl = m->klen - 2;
+	int c = memcmp(m->key + 1, k, kl < n ? kl : n);
+	return c > 0 || (c == 0 && kl > n);
+}
+
+/* src without its quantization_config, and with OpenAI's one at its sorted place when mxfp4. */
+static char *edit_hf(const char *src, size_t len, int mxfp4)
+{
+	enum { CAP = 512 };
+	struct member *m = ck_calloc(CAP, sizeof(*m));
+	size_t cut0 = 0, cut1 = 0, cap;
+	const char *ws = "\n  ";
+	size_t wslen = 3;
+	int n, at = -1, first_after = -1, last = -1;
+	char *out = NULL, *o;
+
+	if (!m || (n = members(src, len, m, CAP)) < 0)
+		goto done;
+	for (int i = 0; i < n; i++)
+		if (key_is(&m[i], "quantization_config"))
+			at = i;
+	if (at >= 0) {
+		/* from this key to the next one, or from the previous value's end to this one's */
+		cut0 = at + 1 < n ? (size_t)(m[at].key - src) : at ? (size_t)(m[at - 1].end - src)
+								 : (size_t)(m[at].key - src);
+		cut1 = at + 1 < n ? (size_t)(m[at + 1].key - src) : (size_t)(m[at].end - src);
+	}
+	for (int i = 0; i < n && first_after < 0; i++)
+		if (i != at && key_after(&m[i], "quantization_config"))
+			first_after = i;
+	if (n > 1) {
+		/* the whitespace between members, as the file has it */
+		const char *a = m[1].key;
+		const char *b = memchr(m[0].end, ',', (size_t)(a - m[0].end));
+		if (b) {
+			ws = b + 1;
+			wslen = (size_t)(a - ws);
+		}
+	}
+	for (int i = 0; i < n; i++)
+		if (i != at)
+			last = i;
+	cap = len + sizeof(mx_quant_config) + wslen + 64;
+	out = o = ck_malloc(cap);
+	if (!out)
+		goto done;
+	for (size_t i = 0; i <= len; i++) {
+		const char *p = src + i;
+		if (mxfp4 && first_after >= 0 && p == m[first_after].key)
+			o += sprintf(o, "\"quantization_config\": %s,%.*s", mx_quant_config, (int)wslen, ws);
+		if (mxfp4 && first_after < 0 && last >= 0 && p == m[last].end)
+			o += sprintf(o, ",%.*s\"quantization_config\": %s", (int)wslen, ws, mx_quant_config);
+		if (i == len)
+			break;
+		if (at >= 0 && i >= cut0 && i < cut1)
+			continue;
+		*o++ = src[i];
+	}
+	*o = 0;
+done:
+	free(m);
+	return out;
+}
+
 int ck_gptoss_config_hf_json(const char *src, size_t len, const char *path, int mxfp4, char **out,
 			     struct ck_diag *d)
 {
 	struct ck_gptoss_config c;
-	cJSON *root = NULL, *q, *it;
+	cJSON *root;
 
 	*out = NULL;
 	CK_TRY(ck_gptoss_config_parse(src, len, path, &c, d));
-	root = c.original ? hf_from_original(&c) : cJSON_ParseWithLength(src, len);
-	if (!root)
-		return ck_fail(d, CK_ENOMEM, "out of memory");
-	cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
-	if (mxfp4) {
-		q = mxfp4_quant_config();
-		if (!q) {
-			cJSON_Delete(root);
-			return ck_fail(d, CK_ENOMEM, "out of memory");
-		}
-		/* keep the keys sorted, as save_pretrained does: rebuild the member list */
-		cJSON *dst = cJSON_CreateObject();
-		if (!dst) {
-			cJSON_Delete(q);
-			cJSON_Delete(root);
-			return ck_fail(d, CK_ENOMEM, "out of memory");
-		}
-		while ((it = root->child)) {
-			cJSON_DetachItemViaPointer(root, it);
-			if (q && it->string && strcmp(it->string, "quantization_config") > 0) {
-				cJSON_AddItemToObject(dst, "quantization_config", q);
-				q = NULL;
-			}
-			cJSON_AddItemToArray(dst, it);	/* keeps its key */
-		}
-		if (q)
-			cJSON_AddItemToObject(dst, "quantization_config", q);
-		cJSON_Delete(root);
-		root = dst;
+	if (!c.original) {
+		*out = edit_hf(src, len, mxfp4);
+		if (!*out)
+			return ck_fail(d, CK_EINVAL, "'%s': cannot edit this config.json", path);
+		return 0;
 	}
-	*out = cJSON_Print(root);
+	root = hf_from_original(&c, mxfp4);
+	*out = root ? cJSON_Print(root) : NULL;
 	cJSON_Delete(root);
 	if (!*out)
 		return ck_fail(d, CK_ENOMEM, "out of memory");

@@ -272,6 +272,41 @@ int ck_mx_quant_slice(const void *src, enum ck_dtype dt, uint64_t out, uint64_t 
 		      struct ck_mx_rule rule, uint8_t *blocks, uint8_t *scales, int threads,
 		      struct ck_mx_where *w);
 
+/* ---- whole checkpoints (mxfp4_model.c) ---- */
+
+/*
+ * One dequant-mxfp4 or quant-mxfp4 run.  in: a .safetensors file or a model
+ * folder (HF, or the original/ flavor); out: a folder (sharded by
+ * shard_size, with config.json rewritten and the other small files copied)
+ * or a .safetensors file.
+ *
+ * dequant: every blocks/scales pair becomes BF16; gpt-oss experts get the HF
+ * name and layout ([E, IN, OUT]), any other pair "<base>" [..., OUT, IN].
+ * Original-flavor names are mapped to HF names and attn.qkv is split into
+ * q/k/v (sizes from config.json).  quantization_config leaves config.json.
+ *
+ * quant: HF gate_up_proj/down_proj (BF16/F16/F32 [E, IN, OUT]) and per-expert
+ * tensors (experts.gate_up_projs.N.weight [OUT, IN], .bias) become
+ * "_blocks"/"_scales" (+ a stacked "_bias"); config.json gets OpenAI's
+ * quantization_config.  With keep_from (an MXFP4 checkpoint), an expert
+ * whose BF16 input equals keep_from's dequantized expert is copied byte for
+ * byte; the counts come back in experts_copied / experts_quantized.
+ */
+struct ck_mx_job {
+	const char *in, *out;
+	const char *keep_from;		/* quant only; NULL for none */
+	struct ck_mx_rule rule;		/* quant only */
+	int force;
+	int threads;
+	uint64_t shard_size;		/* 0: one shard */
+	/* results */
+	uint64_t experts_copied, experts_quantized;
+	size_t tensors;
+};
+
+int ck_mx_dequant_model(struct ck_mx_job *job, struct ck_diag *d);
+int ck_mx_quant_model(struct ck_mx_job *job, struct ck_diag *d);
+
 /* "up"/"ocp", "rne"/"half-up"/"ggml" -> the enums; 0, or CK_EUSAGE. */
 int ck_mx_parse_rule(const char *scale, const char *round, struct ck_mx_rule *r);
 

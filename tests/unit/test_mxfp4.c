@@ -251,10 +251,18 @@ static void gptoss_config_all_dialects(void)
 	ck_gptoss_qkv_rows(&c, rows);
 	CHECK(rows[0] == 4096 && rows[1] == 512 && rows[2] == 512);
 	CHECK(ck_gptoss_config_hf_json(orig, sizeof(orig) - 1, "orig", 1, &js, &d) == 0);
-	CHECK(js && strstr(js, "\"num_local_experts\":\t32") && strstr(js, "\"quant_method\":\t\"mxfp4\""));
+	CHECK(js && strstr(js, "\"num_local_experts\":\t32") && strstr(js, "\"quant_method\": \"mxfp4\"") &&
+	      strstr(js, "\"swiglu_limit\":\t7.0") && strstr(js, "\"rms_norm_eps\":\t1e-05"));
 	free(js);
+	/* a HF config is edited as text: the member goes, everything else stays */
 	CHECK(ck_gptoss_config_hf_json(v4, sizeof(v4) - 1, "v4", 0, &js, &d) == 0);
-	CHECK(js && !strstr(js, "quantization_config"));
+	CHECK(js && !strstr(js, "quantization_config") && strlen(js) == sizeof(v4) - 1 - 47);
+	CHECK(js && !strcmp(js + strlen(js) - 7, "false}}"));
+	free(js);
+	CHECK(ck_gptoss_config_hf_json(v5, sizeof(v5) - 1, "v5", 1, &js, &d) == 0);
+	/* before the first key that sorts after it */
+	CHECK(js && strstr(js, "\"num_experts_per_tok\":2,\"quantization_config\": {\"modules_to_not_convert\"") &&
+	      strstr(js, "\"quant_method\": \"mxfp4\"},\"vocab_size\":100,"));
 	free(js);
 	CHECK(ck_gptoss_config_parse("{\"num_hidden_layers\":-1}", 24, "bad", &c, &d) < 0);
 }
