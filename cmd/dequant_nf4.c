@@ -13,7 +13,6 @@
  * and renames mlp.router.linear.* to mlp.router.*.  One expert is dequantized
  * and transposed at a time, so memory stays at one expert.
  */
-#include <cjson/cJSON.h>
 #include <stdlib.h>
 #include <string.h>
 #include "ckpt.h"
@@ -409,30 +408,23 @@ static int write_item(struct dq_run *r, struct ck_stw *w, const struct ck_stw_te
 	}
 }
 
-/* config.json without quantization_config (and with nothing else changed). */
+/* config.json without quantization_config (the rest of its text unchanged). */
 static int write_config(struct dq_run *r, struct ck_out *out, struct ck_diag *d)
 {
 	char path[4096], *text = NULL, *res = NULL;
-	size_t len;
-	cJSON *root;
+	size_t len, rlen;
 	int rc;
 
 	snprintf(path, sizeof(path), "%s/config.json", ck_model_dir(r->m));
 	rc = ck_read_file(path, 16 << 20, &text, &len, d);
 	if (rc)
 		return d->status == CK_EINVAL ? 0 : rc;	/* no config.json: nothing to fix */
-	root = cJSON_ParseWithLength(text, len);
-	if (!root || !cJSON_IsObject(root)) {
-		cJSON_Delete(root);
-		free(text);
-		return ck_fail(d, CK_EINVAL, "'%s': not a JSON object", path);
-	}
-	cJSON_DeleteItemFromObjectCaseSensitive(root, "quantization_config");
-	res = cJSON_Print(root);
-	rc = res ? ck_out_write_file(out, "config.json", res, strlen(res), d) :
-		   ck_fail(d, CK_ENOMEM, "out of memory");
-	cJSON_free(res);
-	cJSON_Delete(root);
+	rc = ck_bnb_config_rewrite(text, len, NULL, &res, &rlen, d);
+	if (!rc)
+		rc = ck_out_write_file(out, "config.json", res, rlen, d);
+	else
+		ck_diag_prefix(d, "'%s'", path);
+	free(res);
 	free(text);
 	return rc;
 }

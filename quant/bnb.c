@@ -645,3 +645,109 @@ int ck_bnb_group_dequant(const struct ck_bnb_group *g, uint64_t first, uint64_t 
 	free(am);
 	return 0;
 }
+
+/* ---- config.json, edited as text ------------------------------------------ */
+
+static size_t json_ws(const char *s, size_t i, size_t n)
+{
+	while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+		i++;
+	return i;
+}
+
+/* The end of the JSON value starting at s[i] (already validated by cJSON). */
+static size_t json_skip(const char *s, size_t i, size_t n)
+{
+	int depth = 0;
+
+	do {
+		if (s[i] == '"') {
+			for (i++; i < n && s[i] != '"'; i++)
+				if (s[i] == '\\')
+					i++;
+			i++;
+		} else if (s[i] == '{' || s[i] == '[') {
+			depth++;
+			i++;
+		} else if (s[i] == '}' || s[i] == ']') {
+			depth--;
+			i++;
+		} else if (depth) {
+			i++;
+		} else {
+			while (i < n && !strchr(",}] \t\r\n", s[i]))
+				i++;
+		}
+	} while (i < n && depth > 0);
+	return i;
+}
+
+int ck_bnb_config_rewrite(const char *text, size_t len, const char *qc, char **out, size_t *outlen,
+			  struct ck_diag *d)
+{
+	cJSON *root = cJSON_ParseWithLength(text, len);
+	size_t i, cut0 = 0, cut1 = 0, prev_end = 0, close = 0, qlen = qc ? strlen(qc) : 0;
+	int members = 0;
+	char *o;
+
+	if (!root || !cJSON_IsObject(root)) {
+		cJSON_Delete(root);
+		return ck_fail(d, CK_EINVAL, "config.json is not a JSON object");
+	}
+	cJSON_Delete(root);
+	i = json_ws(text, 0, len) + 1;		/* past '{' */
+	for (;;) {
+		size_t k0, v1;
+		i = json_ws(text, i, len);
+		if (text[i] == '}') {
+			close = i;
+			break;
+		}
+		k0 = i;
+		i = json_skip(text, i, len);	/* key */
+		i = json_ws(text, i, len) + 1;	/* ':' */
+		i = json_ws(text, i, len);
+		v1 = json_skip(text, i, len);
+		i = json_ws(text, v1, len);
+		if (!strncmp(text + k0, "\"quantization_config\"", 21)) {
+			/* cut the member with the comma after it, or before it when last */
+			cut0 = k0;
+			cut1 = text[i] == ',' ? json_ws(text, i + 1, len) : v1;
+			if (text[i] != ',' && members)
+				cut0 = prev_end;
+		} else {
+			members++;
+			prev_end = v1;
+		}
+		if (text[i] == ',')
+			i++;
+	}
+	o = ck_malloc(len + qlen + 64);
+	if (!o)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	*outlen = 0;
+	/* text without the old member, then the new one before the final brace */
+	if (cut1 > cut0) {
+		memcpy(o, text, cut0);
+		*outlen = cut0;
+		if (close > cut1) {
+			memcpy(o + *outlen, text + cut1, close - cut1);
+			*outlen += close - cut1;
+		}
+	} else {
+		memcpy(o, text, close);
+		*outlen = close;
+	}
+	while (*outlen && strchr(" \t\r\n", o[*outlen - 1]))
+		(*outlen)--;
+	if (qc) {
+		*outlen += (size_t)sprintf(o + *outlen, "%s\n  \"quantization_config\": ",
+					   members ? "," : "");
+		memcpy(o + *outlen, qc, qlen);
+		*outlen += qlen;
+	}
+	memcpy(o + *outlen, "\n}\n", 4);
+	*outlen += 3;
+	*out = o;
+	return 0;
+}

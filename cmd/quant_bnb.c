@@ -1,0 +1,682 @@
+/*
+ * quant_bnb.c - quantize the Linear weights of a checkpoint to bitsandbytes
+ * 4-bit the way transformers + bitsandbytes save a load_in_4bit model: the
+ * same keys, dtypes and shapes (U8 weight [(n+1)/2, 1], absmax, quant_map,
+ * nested_absmax, nested_quant_map, quant_state.bitsandbytes__<type> holding
+ * the JSON bnb writes, byte for byte), and a config.json quantization_config
+ * transformers accepts, listing in llm_int8_skip_modules every module left
+ * unquantized.
+ *
+ * What is a Linear weight: a 2-D float "<module>.weight" whose module is not
+ * an embedding, lm_head, a norm or a router (nor matched by --skip).  gpt-oss
+ * experts are 3-D parameters, not Linear layers: kept as they are by
+ * default; --experts per-expert writes Unsloth's layout (one NF4 Linear per
+ * expert: gate_up_projs.E [2I, H] = gate_up_proj[E] transposed, down_projs.E,
+ * biases sliced, router renamed mlp.router.linear), which only Unsloth loads.
+ *
+ * Codes and absmax equal bnb's CUDA kernel for BF16 input (see quant/bnb.h).
+ * The double-quant offset is the float32 mean of absmax summed in double in
+ * block order (ck_bnb_mean); bnb's own is a float32 reduction whose order
+ * depends on the device, so --nested-offset lets a test inject bnb's.
+ *
+ * Memory: the output is planned first (the JSON length depends on the
+ * offset, so a first pass computes every tensor's absmax mean), then each
+ * tensor is quantized when the writer reaches it: one tensor (or expert) at
+ * a time.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include "ckpt.h"
+#include "../libtensor/files.h"
+#include "../libtensor/model.h"
+#include "../libtensor/stwriter.h"
+#include "../quant/bnb.h"
+
+struct qb_opts {
+	const char *type, *experts;
+	int64_t blocksize, jobs;
+	int double_quant, force;
+	struct ck_strlist skips;
+	const char *nested_offset;	/* testing: inject bnb's offset */
+	uint64_t shard_size;
+};
+
+/* A tensor to quantize: a plain 2-D weight, or one expert of a 3-D one. */
+struct qsrc {
+	const struct ck_tensor *t;
+	long expert;		/* -1, or the expert slice of t */
+	char module[512];	/* output module name */
+	uint64_t rows, cols;	/* logical [rows, cols] */
+	uint64_t n, nb;
+	float offset;
+	char json[512];
+	size_t json_len;
+};
+
+enum item_kind {
+	IT_COPY,	/* t as is */
+	IT_SLICE,	/* row `expert` of t (a per-expert bias) */
+	IT_WEIGHT, IT_ABSMAX, IT_QMAP, IT_NABSMAX, IT_NMAP, IT_STATE,
+};
+
+struct item {
+	enum item_kind kind;
+	const struct ck_tensor *t;
+	long expert;
+	size_t q;		/* index into qs for IT_WEIGHT.. */
+	char *name;
+};
+
+/* The quantized form of one qsrc, kept while the writer visits its tensors. */
+struct qcache {
+	long cur;		/* qs index held, -1 none */
+	int full;		/* packed codes computed too */
+	void *src;		/* transposed expert (source dtype) */
+	uint8_t *packed, *qabsmax;
+	float *absmax, *nabsmax;
+	size_t cap_n, cap_nb;
+};
+
+struct qb_run {
+	const struct qb_opts *o;
+	struct ck_model *m;
+	enum ck_bnb_type type;
+	struct qsrc *qs;
+	size_t nq;
+	struct item *items;
+	size_t nitems, capitems;
+	char **skipped;		/* modules left unquantized, for llm_int8_skip_modules */
+	size_t nskipped;
+	struct qcache c;
+	enum ck_dtype compute;
+};
+
+static int ends_with(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+	return a >= b && !strcmp(s + a - b, suffix);
+}
+
+/* Modules transformers does not (or must not) replace by Linear4bit. */
+static int default_skip(const char *module)
+{
+	static const char *const pat[] = { "embed", "lm_head", "router", "norm", "wte", "wpe" };
+	const char *last = strrchr(module, '.');
+	last = last ? last + 1 : module;
+	for (size_t i = 0; i < CK_ARRAY_SIZE(pat); i++)
+		if (strstr(last, pat[i]))
+			return 1;
+	/* a MoE router called "gate" (Mixtral, Qwen-MoE), not gate_proj */
+	return ends_with(module, "mlp.gate") || ends_with(module, "block_sparse_moe.gate");
+}
+
+static int user_skip(const struct qb_opts *o, const char *module, const char *name)
+{
+	for (size_t i = 0; i < o->skips.n; i++)
+		if (ck_glob(o->skips.v[i], module) || ck_glob(o->skips.v[i], name))
+			return 1;
+	return 0;
+}
+
+static int add_item(struct qb_run *r, enum item_kind k, const struct ck_tensor *t, long e, size_t q,
+		    const char *name, struct ck_diag *d)
+{
+	struct item *it;
+	if (r->nitems == r->capitems) {
+		size_t nc = r->capitems ? 2 * r->capitems : 64;
+		struct item *ni = ck_reallocarray(r->items, nc, sizeof(*ni));
+		if (!ni)
+			return ck_fail(d, CK_ENOMEM, "out of memory");
+		r->items = ni;
+		r->capitems = nc;
+	}
+	it = &r->items[r->nitems];
+	*it = (struct item){ k, t, e, q, ck_strdup(name) };
+	if (!it->name)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	r->nitems++;
+	return 0;
+}
+
+static int note_skipped(struct qb_run *r, const char *module, struct ck_diag *d)
+{
+	char **ns = ck_reallocarray(r->skipped, r->nskipped + 1, sizeof(*ns));
+	if (!ns)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	r->skipped = ns;
+	ns[r->nskipped] = ck_strdup(module);
+	if (!ns[r->nskipped])
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	r->nskipped++;
+	return 0;
+}
+
+static int add_qsrc(struct qb_run *r, const struct ck_tensor *t, long e, const char *module,
+		    uint64_t rows, uint64_t cols, struct ck_diag *d)
+{
+	struct qsrc *q, *nq = ck_reallocarray(r->qs, r->nq + 1, sizeof(*nq));
+	char name[600];
+	static const char *const suf[] = { ".weight", ".weight.absmax", ".weight.quant_map",
+					   ".weight.nested_absmax", ".weight.nested_quant_map" };
+	static const enum item_kind kinds[] = { IT_WEIGHT, IT_ABSMAX, IT_QMAP, IT_NABSMAX, IT_NMAP };
+
+	if (!nq)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	r->qs = nq;
+	q = &nq[r->nq];
+	memset(q, 0, sizeof(*q));
+	q->t = t;
+	q->expert = e;
+	if (strlen(module) >= sizeof(q->module))
+		return ck_fail(d, CK_EINVAL, "'%s': tensor name too long", t->name);
+	snprintf(q->module, sizeof(q->module), "%s", module);
+	q->rows = rows;
+	q->cols = cols;
+	if (ck_mul_u64(rows, cols, &q->n) || q->n > (UINT64_MAX >> 2))
+		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': too large", ck_model_path(r->m), t->name);
+	q->nb = (q->n + (uint64_t)r->o->blocksize - 1) / (uint64_t)r->o->blocksize;
+	for (size_t i = 0; i < CK_ARRAY_SIZE(suf); i++) {
+		if (i >= 3 && !r->o->double_quant)
+			break;
+		snprintf(name, sizeof(name), "%s%s", module, suf[i]);
+		CK_TRY(add_item(r, kinds[i], t, e, r->nq, name, d));
+	}
+	snprintf(name, sizeof(name), "%s.weight.quant_state.bitsandbytes__%s", module,
+		 ck_bnb_type_name(r->type));
+	CK_TRY(add_item(r, IT_STATE, t, e, r->nq, name, d));
+	r->nq++;
+	return 0;
+}
+
+/* "...mlp.experts.gate_up_proj" [E, H, 2I] etc. -> per-expert items (Unsloth). */
+static int plan_experts(struct qb_run *r, const struct ck_tensor *t, struct ck_diag *d)
+{
+	const char *base = strrchr(t->name, '.');
+	size_t plen = (size_t)(base - t->name) + 1;	/* "...mlp.experts." */
+	int bias = ends_with(t->name, "_bias");
+	int gate = strstr(base, "gate_up") != NULL;
+	char module[600];
+
+	for (uint64_t e = 0; e < t->shape[0]; e++) {
+		snprintf(module, sizeof(module), "%.*s%s.%" PRIu64, (int)plen, t->name,
+			 gate ? "gate_up_projs" : "down_projs", e);
+		if (bias) {
+			char nm[640];
+			snprintf(nm, sizeof(nm), "%s.bias", module);
+			CK_TRY(add_item(r, IT_SLICE, t, (long)e, 0, nm, d));
+		} else {
+			/* expert e is [in, out]; its Linear weight is [out, in] */
+			CK_TRY(add_qsrc(r, t, (long)e, module, t->shape[2], t->shape[1], d));
+		}
+	}
+	return 0;
+}
+
+static int is_fused_expert(const struct ck_tensor *t)
+{
+	static const char *const n[] = { "mlp.experts.gate_up_proj", "mlp.experts.down_proj" };
+	char b[64];
+
+	for (size_t i = 0; i < CK_ARRAY_SIZE(n); i++) {
+		snprintf(b, sizeof(b), "%s_bias", n[i]);
+		if ((ends_with(t->name, n[i]) && t->ndim == 3) || (ends_with(t->name, b) && t->ndim == 2))
+			return 1;
+	}
+	return 0;
+}
+
+static int plan(struct qb_run *r, struct ck_diag *d)
+{
+	int per_expert = r->o->experts && !strcmp(r->o->experts, "per-expert");
+
+	for (size_t i = 0; i < ck_model_count(r->m); i++) {
+		const struct ck_tensor *t = ck_model_tensor(r->m, i);
+		char module[600], nm[640];
+		const char *p;
+
+		if (ck_bnb_is_weight(r->m, t->name) || ck_bnb_is_aux(t->name))
+			return ck_fail(d, CK_EINVAL, "'%s': tensor '%s' is already bitsandbytes-quantized",
+				       ck_model_path(r->m), t->name);
+		if (per_expert && is_fused_expert(t)) {
+			if (!ck_dtype_is_float(t->dtype))
+				return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': %s experts cannot be "
+					       "split (dequantize them first)", ck_model_path(r->m),
+					       t->name, ck_dtype_name(t->dtype));
+			CK_TRY(plan_experts(r, t, d));
+			continue;
+		}
+		if (per_expert && (p = strstr(t->name, "mlp.router.")) && !strstr(p, "router.linear.")) {
+			snprintf(nm, sizeof(nm), "%.*smlp.router.linear.%s", (int)(p - t->name), t->name,
+				 p + strlen("mlp.router."));
+			if (ends_with(t->name, ".weight")) {
+				snprintf(module, sizeof(module), "%.*smlp.router.linear", (int)(p - t->name),
+					 t->name);
+				CK_TRY(note_skipped(r, module, d));
+			}
+			CK_TRY(add_item(r, IT_COPY, t, -1, 0, nm, d));
+			continue;
+		}
+		if (!ends_with(t->name, ".weight") || strlen(t->name) >= sizeof(module)) {
+			CK_TRY(add_item(r, IT_COPY, t, -1, 0, t->name, d));
+			continue;
+		}
+		snprintf(module, sizeof(module), "%.*s", (int)(strlen(t->name) - 7), t->name);
+		if (t->ndim != 2 || !ck_dtype_is_float(t->dtype) || default_skip(module) ||
+		    user_skip(r->o, module, t->name)) {
+			if (t->ndim >= 2 || default_skip(module) || user_skip(r->o, module, t->name))
+				CK_TRY(note_skipped(r, module, d));
+			CK_TRY(add_item(r, IT_COPY, t, -1, 0, t->name, d));
+			continue;
+		}
+		CK_TRY(add_qsrc(r, t, -1, module, t->shape[0], t->shape[1], d));
+	}
+	return 0;
+}
+
+/* ---- quantizing one source ------------------------------------------------ */
+
+static size_t esize(enum ck_dtype dt)
+{
+	return ck_dtype_bits(dt) / 8;
+}
+
+/* The source elements of q in row-major [rows, cols] order. */
+static const void *src_data(struct qb_run *r, const struct qsrc *q, struct ck_diag *d)
+{
+	size_t es = esize(q->t->dtype);
+	const uint8_t *base;
+
+	if (q->expert < 0)
+		return q->t->data;
+	/* expert e of [E, in, out], transposed to [out, in] = [rows, cols] */
+	if (!r->c.src) {	/* room for cap_n elements of any float type */
+		r->c.src = ck_mallocarray((size_t)r->c.cap_n, sizeof(float));
+		if (!r->c.src) {
+			ck_fail(d, CK_ENOMEM, "out of memory");
+			return NULL;
+		}
+	}
+	base = q->t->data + (uint64_t)q->expert * q->n * es;
+	for (uint64_t i = 0; i < q->cols; i++)
+		for (uint64_t j = 0; j < q->rows; j++)
+			memcpy((uint8_t *)r->c.src + (j * q->cols + i) * es, base + (i * q->rows + j) * es, es);
+	return r->c.src;
+}
+
+static int grow(struct qb_run *r, const struct qsrc *q, struct ck_diag *d)
+{
+	uint64_t nn = (q->n + 1) / 2;
+	if (r->c.cap_n < q->n) {
+		free(r->c.packed);
+		free(r->c.src);
+		r->c.src = NULL;
+		r->c.packed = ck_malloc((size_t)nn);
+		if (!r->c.packed)
+			return ck_fail(d, CK_ENOMEM, "out of memory");
+		r->c.cap_n = q->n;
+	}
+	if (r->c.cap_nb < q->nb) {
+		free(r->c.absmax);
+		free(r->c.qabsmax);
+		free(r->c.nabsmax);
+		r->c.absmax = ck_mallocarray((size_t)q->nb, sizeof(float));
+		r->c.qabsmax = ck_malloc((size_t)q->nb);
+		r->c.nabsmax = ck_mallocarray((size_t)(q->nb / CK_BNB_NESTED_BLOCKSIZE + 1), sizeof(float));
+		if (!r->c.absmax || !r->c.qabsmax || !r->c.nabsmax)
+			return ck_fail(d, CK_ENOMEM, "out of memory");
+		r->c.cap_nb = q->nb;
+	}
+	return 0;
+}
+
+/* Make the cache hold q (with the packed codes when full). */
+static int compute(struct qb_run *r, size_t qi, int full, struct ck_diag *d)
+{
+	const struct qsrc *q = &r->qs[qi];
+	const void *src;
+
+	if (r->c.cur == (long)qi && (r->c.full || !full))
+		return 0;
+	r->c.cur = -1;
+	CK_TRY(grow(r, q, d));
+	src = src_data(r, q, d);
+	if (!src)
+		return d->status;
+	if (full)
+		CK_TRY(ck_bnb_quantize(r->type, (uint64_t)r->o->blocksize, q->t->dtype, src, q->n,
+				       r->c.packed, r->c.absmax, (int)r->o->jobs, d));
+	else
+		ck_bnb_absmax((uint64_t)r->o->blocksize, q->t->dtype, src, q->n, r->c.absmax);
+	if (r->o->double_quant)
+		ck_bnb_nested_quantize(r->c.absmax, q->nb, q->offset, ck_bnb_dynamic_map, r->c.qabsmax,
+				       r->c.nabsmax);
+	ck_model_done(q->t);
+	r->c.cur = (long)qi;
+	r->c.full = full;
+	return 0;
+}
+
+/* First pass: offsets (double quant) and the quant_state JSON of every source. */
+static int prepare(struct qb_run *r, struct ck_diag *d)
+{
+	double inject = 0;
+	char *end = NULL;
+
+	if (r->o->nested_offset) {
+		inject = strtod(r->o->nested_offset, &end);
+		if (!*r->o->nested_offset || *end || !isfinite(inject))
+			return ck_fail(d, CK_EUSAGE, "--nested-offset needs a number");
+	}
+	for (size_t i = 0; i < r->nq; i++) {
+		struct qsrc *q = &r->qs[i];
+		const char *dt = q->t->dtype == CK_DT_BF16 ? "bfloat16" :
+				 q->t->dtype == CK_DT_F16 ? "float16" : "float32";
+		char off[40];
+		int n;
+
+		if (r->o->double_quant) {
+			if (r->o->nested_offset) {
+				q->offset = (float)inject;
+			} else {
+				CK_TRY(compute(r, i, 0, d));
+				q->offset = ck_bnb_mean(r->c.absmax, q->nb);
+			}
+			ck_bnb_pyrepr((double)q->offset, off, sizeof(off));
+			n = snprintf(q->json, sizeof(q->json), "{\"quant_type\": \"%s\", \"blocksize\": %"
+				     PRId64 ", \"dtype\": \"%s\", \"shape\": [%" PRIu64 ", %" PRIu64 "], "
+				     "\"nested_blocksize\": 256, \"nested_dtype\": \"float32\", "
+				     "\"nested_offset\": %s}", ck_bnb_type_name(r->type),
+				     r->o->blocksize, dt, q->rows, q->cols, off);
+		} else {
+			n = snprintf(q->json, sizeof(q->json), "{\"quant_type\": \"%s\", \"blocksize\": %"
+				     PRId64 ", \"dtype\": \"%s\", \"shape\": [%" PRIu64 ", %" PRIu64 "]}",
+				     ck_bnb_type_name(r->type), r->o->blocksize, dt, q->rows, q->cols);
+		}
+		q->json_len = (size_t)n;
+		r->c.cur = -1;	/* the offset changed what compute() would give */
+	}
+	return 0;
+}
+
+static void item_shape(const struct qb_run *r, const struct item *it, struct ck_stw_tensor *p)
+{
+	const struct qsrc *q = it->kind >= IT_WEIGHT ? &r->qs[it->q] : NULL;
+
+	p->ndim = 1;
+	switch (it->kind) {
+	case IT_COPY:
+		p->dtype = it->t->dtype;
+		p->ndim = it->t->ndim;
+		memcpy(p->shape, it->t->shape, sizeof(p->shape));
+		break;
+	case IT_SLICE:
+		p->dtype = it->t->dtype;
+		p->shape[0] = it->t->shape[1];
+		break;
+	case IT_WEIGHT:
+		p->dtype = CK_DT_U8;
+		p->ndim = 2;
+		p->shape[0] = (q->n + 1) / 2;
+		p->shape[1] = 1;
+		break;
+	case IT_ABSMAX:
+		p->dtype = r->o->double_quant ? CK_DT_U8 : CK_DT_F32;
+		p->shape[0] = q->nb;
+		break;
+	case IT_QMAP:
+		p->dtype = CK_DT_F32;
+		p->shape[0] = 16;
+		break;
+	case IT_NABSMAX:
+		p->dtype = CK_DT_F32;
+		p->shape[0] = (q->nb + CK_BNB_NESTED_BLOCKSIZE - 1) / CK_BNB_NESTED_BLOCKSIZE;
+		break;
+	case IT_NMAP:
+		p->dtype = CK_DT_F32;
+		p->shape[0] = 256;
+		break;
+	case IT_STATE:
+		p->dtype = CK_DT_U8;
+		p->shape[0] = q->json_len;
+		break;
+	}
+}
+
+static int write_item(struct qb_run *r, struct ck_stw *w, const struct item *it, struct ck_diag *d)
+{
+	const struct qsrc *q = it->kind >= IT_WEIGHT ? &r->qs[it->q] : NULL;
+	const struct ck_tensor *t = it->t;
+
+	switch (it->kind) {
+	case IT_COPY:
+		return ck_stw_copy_fd(w, ck_model_file_fd(r->m, t->file), t->offset, t->nbytes, d);
+	case IT_SLICE: {
+		uint64_t row = t->nbytes / t->shape[0];
+		return ck_stw_write(w, t->data + row * (uint64_t)it->expert, (size_t)row, d);
+	}
+	case IT_WEIGHT:
+		CK_TRY(compute(r, it->q, 1, d));
+		return ck_stw_write(w, r->c.packed, (size_t)((q->n + 1) / 2), d);
+	case IT_ABSMAX:
+		CK_TRY(compute(r, it->q, 0, d));
+		if (r->o->double_quant)
+			return ck_stw_write(w, r->c.qabsmax, (size_t)q->nb, d);
+		return ck_stw_write(w, r->c.absmax, (size_t)q->nb * 4, d);
+	case IT_QMAP:
+		return ck_stw_write(w, ck_bnb_table(r->type), 16 * sizeof(float), d);
+	case IT_NABSMAX:
+		CK_TRY(compute(r, it->q, 0, d));
+		return ck_stw_write(w, r->c.nabsmax, (size_t)(q->nb + 255) / 256 * 4, d);
+	case IT_NMAP:
+		return ck_stw_write(w, ck_bnb_dynamic_map, 256 * sizeof(float), d);
+	case IT_STATE:
+		return ck_stw_write(w, q->json, q->json_len, d);
+	}
+	return 0;
+}
+
+/* append s to the growable buffer b (len n, capacity cap) */
+static int put(char **b, size_t *n, size_t *cap, const char *s)
+{
+	size_t l = strlen(s);
+	if (*n + l + 1 > *cap) {
+		size_t nc = (*n + l + 1) * 2;
+		char *nb = realloc(*b, nc);
+		if (!nb)
+			return -1;
+		*b = nb;
+		*cap = nc;
+	}
+	memcpy(*b + *n, s, l + 1);
+	*n += l;
+	return 0;
+}
+
+/*
+ * quantization_config as transformers writes it (BitsAndBytesConfig.to_dict,
+ * json.dumps indent=2 sort_keys=True, nested one level), into config.json
+ * whose other text is kept as it is.
+ */
+static int write_config(struct qb_run *r, struct ck_out *out, struct ck_diag *d)
+{
+	char path[4096], line[1200], *text = NULL, *res = NULL, *qc = NULL;
+	size_t len, rlen, qn = 0, qcap = 0;
+	const char *cd = r->compute == CK_DT_F16 ? "float16" : r->compute == CK_DT_F32 ? "float32" :
+			 "bfloat16";
+	int rc, bad = 0;
+
+	snprintf(path, sizeof(path), "%s/config.json", ck_model_dir(r->m));
+	rc = ck_read_file(path, 16 << 20, &text, &len, d);
+	if (rc)
+		return d->status == CK_EINVAL ? 0 : rc;
+	snprintf(line, sizeof(line), "{\n    \"_load_in_4bit\": true,\n    \"_load_in_8bit\": false,\n"
+		 "    \"bnb_4bit_compute_dtype\": \"%s\",\n    \"bnb_4bit_quant_storage\": \"uint8\",\n"
+		 "    \"bnb_4bit_quant_type\": \"%s\",\n    \"bnb_4bit_use_double_quant\": %s,\n"
+		 "    \"llm_int8_enable_fp32_cpu_offload\": false,\n"
+		 "    \"llm_int8_has_fp16_weight\": false,\n    \"llm_int8_skip_modules\": %s",
+		 cd, ck_bnb_type_name(r->type), r->o->double_quant ? "true" : "false",
+		 r->nskipped ? "[" : "null");
+	bad |= put(&qc, &qn, &qcap, line);
+	for (size_t i = 0; i < r->nskipped; i++) {
+		char esc[1100];
+		/* module names are tensor names: UTF-8 without controls once escaped */
+		ck_escape(r->skipped[i], strlen(r->skipped[i]), esc, sizeof(esc));
+		if (strchr(esc, '"') || strchr(esc, '\\')) {
+			free(qc);
+			free(text);
+			return ck_fail(d, CK_EUNSUPPORTED, "module name '%s' needs JSON escaping", esc);
+		}
+		snprintf(line, sizeof(line), "%s\n      \"%s\"", i ? "," : "", esc);
+		bad |= put(&qc, &qn, &qcap, line);
+	}
+	bad |= put(&qc, &qn, &qcap, r->nskipped ? "\n    ],\n" : ",\n");
+	bad |= put(&qc, &qn, &qcap, "    \"llm_int8_threshold\": 6.0,\n    \"load_in_4bit\": true,\n"
+		   "    \"load_in_8bit\": false,\n    \"quant_method\": \"bitsandbytes\"\n  }");
+	if (bad) {
+		free(qc);
+		free(text);
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	}
+	rc = ck_bnb_config_rewrite(text, len, qc, &res, &rlen, d);
+	if (!rc)
+		rc = ck_out_write_file(out, "config.json", res, rlen, d);
+	else
+		ck_diag_prefix(d, "'%s'", path);
+	free(res);
+	free(qc);
+	free(text);
+	return rc;
+}
+
+static int run(struct qb_run *r, const char *dst, struct ck_diag *d)
+{
+	size_t dl = strlen(dst);
+	int to_file = dl > 12 && !strcmp(dst + dl - 12, ".safetensors");
+	const char *inputs[] = { ck_model_path(r->m) };
+	static const char *const skip[] = { "config.json" };
+	struct ck_stw_tensor *p = NULL;
+	struct ck_out *out = NULL;
+	struct ck_stw *w = NULL;
+	const char *const *mk, *const *mv;
+	size_t nmeta;
+	int rc;
+
+	rc = plan(r, d);
+	if (!rc)
+		rc = prepare(r, d);
+	if (rc)
+		goto out;
+	r->compute = r->nq ? r->qs[0].t->dtype : CK_DT_BF16;
+	p = ck_calloc(r->nitems ? r->nitems : 1, sizeof(*p));
+	if (!p) {
+		rc = ck_fail(d, CK_ENOMEM, "out of memory");
+		goto out;
+	}
+	for (size_t k = 0; k < r->nitems; k++) {
+		p[k].name = r->items[k].name;
+		p[k].user = k;
+		item_shape(r, &r->items[k], &p[k]);
+	}
+	rc = ck_out_begin(&out, to_file ? CK_OUT_FILE : CK_OUT_DIR, dst, r->o->force, inputs, 1, d);
+	if (rc)
+		goto out;
+	nmeta = ck_model_meta(r->m, 0, &mk, &mv);
+	rc = ck_stw_plan(&w, out, p, r->nitems, to_file ? 0 : r->o->shard_size, mk, mv, nmeta, d);
+	for (size_t k = 0; !rc && k < ck_stw_count(w); k++)
+		rc = write_item(r, w, &r->items[ck_stw_tensor(w, k)->user], d);
+	if (!rc)
+		rc = ck_stw_finish(w, d);
+	if (!rc && !to_file && ck_model_kind(r->m) == CK_MODEL_FOLDER) {
+		rc = write_config(r, out, d);
+		if (!rc && ck_copy_aux_files(out, ck_model_dir(r->m), skip, 1, d) < 0)
+			rc = d->status;
+	}
+	if (!rc) {
+		rc = ck_out_commit(out, d);
+		out = NULL;
+	}
+out:
+	ck_out_abort(out);
+	ck_stw_free(w);
+	free(p);
+	return rc;
+}
+
+int cmd_quant_bnb(int argc, char **argv)
+{
+	struct qb_opts o = { .blocksize = 64, .jobs = ck_ncpus(), .shard_size = CK_SHARD_SIZE_DEFAULT };
+	const struct ck_option opts[] = {
+		CK_OPT_CHOICE(0, "type", &o.type, "nf4|fp4", "4-bit code [nf4]"),
+		CK_OPT_INT(0, "blocksize", &o.blocksize, "N", "elements per absmax block: 32, 64 ... 4096 [64]"),
+		CK_OPT_FLAG(0, "double-quant", &o.double_quant,
+			    "quantize absmax too (bnb_4bit_use_double_quant; offset = mean, see above)"),
+		CK_OPT_STRINGS(0, "skip", &o.skips, "GLOB",
+			       "leave modules (or tensors) matching GLOB unquantized (repeatable)"),
+		CK_OPT_CHOICE(0, "experts", &o.experts, "keep|per-expert",
+			      "gpt-oss experts: keep them as they are, or write Unsloth's per-expert\n"
+			      "                                 NF4 layout (loadable by Unsloth only) [keep]"),
+		CK_OPT_STRING(0, "nested-offset", &o.nested_offset, "X",
+			      "(testing) use X as every tensor's double-quant offset"),
+		CK_OPT_SIZE(0, "shard-size", &o.shard_size, "SIZE", "largest shard of a folder output [5GB]"),
+		CK_OPT_INT('j', "jobs", &o.jobs, "N", "threads [number of CPUs]"),
+		CK_OPT_FLAG('f', "force", &o.force, "replace an existing output"),
+		CK_OPT_END,
+	};
+	const struct ck_usage u = {
+		.tool = "quant-bnb",
+		.synopsis = "ckpt quant-bnb [options] IN OUT",
+		.about = "Quantize the Linear weights of IN (a .safetensors file or a model folder) to\n"
+			 "bitsandbytes 4-bit exactly as transformers + bitsandbytes save a load_in_4bit\n"
+			 "model: same tensor names, dtypes and shapes, the packed quant_state JSON byte for\n"
+			 "byte, and config.json's quantization_config (llm_int8_skip_modules lists every\n"
+			 "module left unquantized: embeddings, lm_head, norms, routers, --skip).\n"
+			 "Codes and absmax equal bitsandbytes' CUDA kernel for BF16 input.  The\n"
+			 "double-quant offset is the mean of the float32 absmax summed in double in\n"
+			 "block order and rounded once to float32 (bnb's own float32 reduction differs\n"
+			 "by device; dequantization reads the stored one either way).  gpt-oss experts\n"
+			 "are 3-D parameters, not Linear layers: stock transformers + bitsandbytes leave\n"
+			 "them unquantized, and so do we unless --experts per-expert.",
+		.min_args = 2,
+		.max_args = 2,
+	};
+	struct ck_diag d = CK_DIAG_INIT;
+	struct qb_run r = { .o = &o, .c = { .cur = -1 } };
+	int rc = 0;
+
+	ck_parse_options(argc, argv, opts, &u);
+	if (!ck_bnb_blocksize_ok((uint64_t)o.blocksize) || o.blocksize < 0) {
+		rc = ck_usage_error("quant-bnb", "--blocksize must be one of 32, 64, 128 ... 4096");
+		goto out;
+	}
+	if (o.jobs < 1 || o.jobs > 1024) {
+		rc = ck_usage_error("quant-bnb", "--jobs must be 1..1024");
+		goto out;
+	}
+	r.type = o.type && !strcmp(o.type, "fp4") ? CK_BNB_FP4 : CK_BNB_NF4;
+	if (ck_model_open(&r.m, argv[0], &d) < 0 || ck_model_kind(r.m) == CK_MODEL_GGUF) {
+		if (r.m)
+			ck_fail(&d, CK_EUNSUPPORTED, "'%s': GGUF input is not supported", argv[0]);
+		rc = ck_report("quant-bnb", &d);
+		goto out;
+	}
+	if (run(&r, argv[1], &d))
+		rc = d.status == CK_EUSAGE ? ck_usage_error("quant-bnb", "%s", d.msg) :
+					      ck_report("quant-bnb", &d);
+out:
+	for (size_t i = 0; i < r.nitems; i++)
+		free(r.items[i].name);
+	free(r.items);
+	for (size_t i = 0; i < r.nskipped; i++)
+		free(r.skipped[i]);
+	free(r.skipped);
+	free(r.qs);
+	free(r.c.src);
+	free(r.c.packed);
+	free(r.c.qabsmax);
+	free(r.c.absmax);
+	free(r.c.nabsmax);
+	ck_model_free(r.m);
+	ck_strlist_release(&o.skips);
+	return rc;
+}
