@@ -1136,36 +1136,17 @@ int ck_ggw_write(struct ck_ggw *w, const void *buf, size_t len, struct ck_diag *
 
 int ck_ggw_copy_fd(struct ck_ggw *w, int fd, uint64_t off, uint64_t len, struct ck_diag *d)
 {
-	char buf[1 << 16];
-
 	CK_TRY(ck_ggw_begin(w, d));
 	while (len) {
-		uint64_t rest;
-		size_t chunk;
-		ssize_t n;
-		loff_t in_off = (loff_t)off;
+		uint64_t rest, chunk;
 		if (w->cur >= w->n)
 			return ck_fail(d, CK_EINVAL, "more data than the GGUF tensors hold");
 		rest = w->t[w->cur].nbytes - w->cur_done;
-		chunk = rest < len ? (size_t)rest : (size_t)len;
-		if (chunk > (1u << 30))
-			chunk = 1u << 30;
-		n = getenv("CKPT_FAULT_WRITE_AT") ? -1 :
-		    copy_file_range(fd, &in_off, w->fd, NULL, chunk, 0);
-		if (n <= 0) {
-			/* No copy_file_range here (or a fault test): read and write. */
-			size_t c = chunk < sizeof(buf) ? chunk : sizeof(buf);
-			n = pread(fd, buf, c, (off_t)off);
-			if (n < 0 && errno == EINTR)
-				continue;
-			if (n <= 0)
-				return ck_fail(d, CK_EIO, "read failed at offset %" PRIu64 ": %s", off,
-					       n < 0 ? strerror(errno) : "unexpected EOF");
-			CK_TRY(ck_write_all(w->fd, buf, (size_t)n, w->fname, d));
-		}
-		w->cur_done += (uint64_t)n;
-		off += (uint64_t)n;
-		len -= (uint64_t)n;
+		chunk = rest < len ? rest : len;
+		CK_TRY(ck_copy_range(fd, off, w->fd, w->fname, chunk, d));
+		w->cur_done += chunk;
+		off += chunk;
+		len -= chunk;
 		CK_TRY(advance(w, d));
 	}
 	return 0;
