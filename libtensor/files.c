@@ -67,7 +67,8 @@ int ck_copy_aux_files(struct ck_out *o, const char *src_dir, const char *const *
 		}
 		n++;
 	}
-	qsort(names, n, sizeof(*names), cmp_str);	/* a stable order for messages */
+	if (n)		/* qsort(NULL, 0) is undefined */
+		qsort(names, n, sizeof(*names), cmp_str);	/* a stable order for messages */
 	for (size_t i = 0; i < n && !rc; i++) {
 		char path[4096];
 		snprintf(path, sizeof(path), "%s/%s", src_dir, names[i]);
