@@ -237,7 +237,8 @@ int cmd_cp(int argc, char **argv)
 		.about = "Copy a checkpoint.  SRC is a .safetensors file, a model folder or a .gguf file.\n"
 			 "DST ending in .safetensors is one file; otherwise a folder, sharded by --shard-size,\n"
 			 "with the source folder's other files (config, tokenizer) copied along; a .gguf SRC\n"
-			 "needs a .gguf DST.  The output appears only when complete.",
+			 "needs a .gguf DST (KVs kept as they are: --dtype does not rewrite general.file_type;\n"
+			 "--shard-size does not apply).  The output appears only when complete.",
 		.min_args = 2,
 		.max_args = 2,
 	};

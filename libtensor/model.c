@@ -275,11 +275,16 @@ static int open_single_in_folder(struct ck_model *m, struct ck_diag *d)
 	return open_st_files(m, d);
 }
 
+/* GGUF by magic, or by name (so a broken .gguf gets the GGUF reader's error). */
 static int is_gguf(const char *path)
 {
 	unsigned char magic[4];
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	size_t len = strlen(path);
+	int fd;
 	ssize_t n;
+	if (len > 5 && !strcmp(path + len - 5, ".gguf"))
+		return 1;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
 	n = read(fd, magic, 4);

@@ -83,6 +83,7 @@ def main():
     put("st-9-dims.safetensors", st_bytes({"a": {"dtype": "U8", "shape": [1] * 9, "data_offsets": [0, 1]}}, bytes(1)), needle="dimensions")
     put("st-entry-not-object.safetensors", st_bytes({"a": [1, 2]}, z16), needle="not a JSON object")
     put("st-empty-name.safetensors", st_bytes({"": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, z16), needle="empty tensor name")
+    put("st-named-gguf.gguf", b"xx", needle="GGUF")  # a .gguf name gets the GGUF reader's error
     put("st-bad-cp.safetensors", st_bytes(good(), bytes(10)), tool="cp", needle="past EOF")
 
     one = st_bytes(good(), z16)
