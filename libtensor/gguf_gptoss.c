@@ -1,0 +1,1553 @@
+/*
+ * gguf_gptoss.c - gpt-oss checkpoint -> llama.cpp GGUF (see gguf_gptoss.h).
+ *
+ * Three passes: read config.json into the hyperparameters and the tokenizer
+ * files into the tokenizer KVs; map every source tensor to the GGUF tensor
+ * it feeds (one table per naming flavor) and check its shape; then plan the
+ * GGUF header and stream the tensors, one expert at a time for the experts.
+ */
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "dtype.h"
+#include "files.h"
+#include "gguf.h"
+#include "gguf_gptoss.h"
+#include "model.h"
+#include "output.h"
+
+#define CONFIG_MAX (4u << 20)
+#define TOKENIZER_MAX (256u << 20)
+
+/* ===== hyperparameters ===== */
+
+struct hp {
+	int original;		/* the original/ flavor (OpenAI ModelConfig fields) */
+	uint32_t n_layer, n_ctx, n_embd, n_ff, n_head, n_head_kv, head_dim;
+	uint32_t n_expert, n_used, swa, orig_ctx, vocab;
+	int yarn;		/* rope scaling given (it is always YaRN for gpt-oss) */
+	float rope_base, rope_factor, beta_fast, beta_slow, eps;
+};
+
+static const cJSON *jget(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+	return v && !cJSON_IsNull(v) ? v : NULL;
+}
+
+/* A positive integer that fits u32; *out keeps def when the key is absent and !required. */
+static int j_u32(const cJSON *o, const char *key, int required, const char *file, uint32_t *out,
+		 struct ck_diag *d)
+{
+	const cJSON *v = jget(o, key);
+	if (!v) {
+		if (required)
+			return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is missing", file, key);
+		return 0;
+	}
+	if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= UINT32_MAX) ||
+	    v->valuedouble != floor(v->valuedouble))
+		return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is not a positive integer below 2^32",
+			       file, key);
+	*out = (uint32_t)v->valuedouble;
+	return 0;
+}
+
+/* A finite positive float. */
+static int j_f32(const cJSON *o, const char *key, int required, const char *file, float *out,
+		 struct ck_diag *d)
+{
+	const cJSON *v = jget(o, key);
+	if (!v) {
+		if (required)
+			return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is missing", file, key);
+		return 0;
+	}
+	if (!cJSON_IsNumber(v) || !(v->valuedouble > 0 && v->valuedouble < 3.0e38))
+		return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is not a positive number", file, key);
+	*out = (float)v->valuedouble;
+	return 0;
+}
+
+static int hp_hf(const cJSON *c, const char *file, struct hp *h, struct ck_diag *d)
+{
+	const cJSON *rope, *lt, *mt = jget(c, "model_type");
+
+	if (!mt || !cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt_oss"))
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': model_type '%s' is not gpt_oss (unknown architecture)",
+			       file, mt && cJSON_IsString(mt) ? mt->valuestring : "(none)");
+	CK_TRY(j_u32(c, "num_hidden_layers", 1, file, &h->n_layer, d));
+	CK_TRY(j_u32(c, "max_position_embeddings", 1, file, &h->n_ctx, d));
+	CK_TRY(j_u32(c, "hidden_size", 1, file, &h->n_embd, d));
+	CK_TRY(j_u32(c, "intermediate_size", 1, file, &h->n_ff, d));
+	CK_TRY(j_u32(c, "num_attention_heads", 1, file, &h->n_head, d));
+	CK_TRY(j_u32(c, "num_key_value_heads", 1, file, &h->n_head_kv, d));
+	CK_TRY(j_u32(c, "head_dim", 1, file, &h->head_dim, d));
+	CK_TRY(j_u32(c, "num_local_experts", 1, file, &h->n_expert, d));
+	if (jget(c, "num_experts_per_tok"))
+		CK_TRY(j_u32(c, "num_experts_per_tok", 1, file, &h->n_used, d));
+	else
+		CK_TRY(j_u32(c, "experts_per_token", 1, file, &h->n_used, d));
+	CK_TRY(j_u32(c, "sliding_window", 1, file, &h->swa, d));
+	CK_TRY(j_u32(c, "vocab_size", 0, file, &h->vocab, d));
+	CK_TRY(j_f32(c, "rms_norm_eps", 0, file, &h->eps, d));
+
+	/* v5 rope_parameters (rope_theta inside) or v4 rope_scaling + rope_theta. */
+	rope = jget(c, "rope_parameters");
+	if (!rope)
+		rope = jget(c, "rope_scaling");
+	if (rope && !cJSON_IsObject(rope))
+		return ck_fail(d, CK_EINVAL, "'%s': config key 'rope_parameters'/'rope_scaling' is not an object",
+			       file);
+	if (rope && jget(rope, "rope_theta"))
+		CK_TRY(j_f32(rope, "rope_theta", 1, file, &h->rope_base, d));
+	else
+		CK_TRY(j_f32(c, "rope_theta", 1, file, &h->rope_base, d));
+	if (rope && (jget(rope, "factor") || jget(rope, "rope_type") || jget(rope, "type"))) {
+		const cJSON *ty = jget(rope, "rope_type");
+		if (!ty)
+			ty = jget(rope, "type");
+		if (!ty || !cJSON_IsString(ty) || strcmp(ty->valuestring, "yarn"))
+			return ck_fail(d, CK_EUNSUPPORTED, "'%s': rope type '%s' is not yarn", file,
+				       ty && cJSON_IsString(ty) ? ty->valuestring : "(none)");
+		h->yarn = 1;
+		CK_TRY(j_f32(rope, "factor", 1, file, &h->rope_factor, d));
+		CK_TRY(j_u32(rope, "original_max_position_embeddings", 1, file, &h->orig_ctx, d));
+		CK_TRY(j_f32(rope, "beta_fast", 0, file, &h->beta_fast, d));
+		CK_TRY(j_f32(rope, "beta_slow", 0, file, &h->beta_slow, d));
+	}
+
+	/* llama.cpp hard-codes sliding attention on even layers: refuse anything else. */
+	lt = jget(c, "layer_types");
+	if (lt) {
+		if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != (int)h->n_layer)
+			return ck_fail(d, CK_EINVAL, "'%s': layer_types is not a list of %u entries", file,
+				       h->n_layer);
+		for (int i = 0; i < (int)h->n_layer; i++) {
+			const cJSON *e = cJSON_GetArrayItem(lt, i);
+			const char *want = i % 2 ? "full_attention" : "sliding_attention";
+			if (!cJSON_IsString(e) || strcmp(e->valuestring, want))
+				return ck_fail(d, CK_EUNSUPPORTED, "'%s': layer_types[%d] is not '%s' (llama.cpp's "
+					       "gpt-oss has sliding attention on even layers only)", file, i, want);
+		}
+	}
+	return 0;
+}
+
+/* original/config.json: OpenAI's ModelConfig fields. */
+static int hp_original(const cJSON *c, const char *file, struct hp *h, struct ck_diag *d)
+{
+	uint32_t init_ctx = 0;
+	uint64_t ctx;
+
+	h->original = 1;
+	CK_TRY(j_u32(c, "num_hidden_layers", 1, file, &h->n_layer, d));
+	CK_TRY(j_u32(c, "hidden_size", 1, file, &h->n_embd, d));
+	CK_TRY(j_u32(c, "intermediate_size", 1, file, &h->n_ff, d));
+	CK_TRY(j_u32(c, "num_attention_heads", 1, file, &h->n_head, d));
+	CK_TRY(j_u32(c, "num_key_value_heads", 1, file, &h->n_head_kv, d));
+	CK_TRY(j_u32(c, "head_dim", 1, file, &h->head_dim, d));
+	CK_TRY(j_u32(c, "num_experts", 1, file, &h->n_expert, d));
+	CK_TRY(j_u32(c, "experts_per_token", 1, file, &h->n_used, d));
+	CK_TRY(j_u32(c, "sliding_window", 1, file, &h->swa, d));
+	CK_TRY(j_u32(c, "vocab_size", 0, file, &h->vocab, d));
+	CK_TRY(j_u32(c, "initial_context_length", 1, file, &init_ctx, d));
+	CK_TRY(j_f32(c, "rope_theta", 1, file, &h->rope_base, d));
+	CK_TRY(j_f32(c, "rope_scaling_factor", 1, file, &h->rope_factor, d));
+	CK_TRY(j_f32(c, "rope_ntk_beta", 0, file, &h->beta_fast, d));
+	CK_TRY(j_f32(c, "rope_ntk_alpha", 0, file, &h->beta_slow, d));
+	/* The HF export sets max_position_embeddings = factor * initial_context_length. */
+	ctx = (uint64_t)((double)h->rope_factor * init_ctx);
+	if (ctx < 1 || ctx > UINT32_MAX)
+		return ck_fail(d, CK_EINVAL, "'%s': rope_scaling_factor * initial_context_length is out of range",
+			       file);
+	h->n_ctx = (uint32_t)ctx;
+	h->orig_ctx = init_ctx;
+	h->yarn = 1;
+	return 0;
+}
+
+static int load_hparams(const char *dir, struct hp *h, struct ck_diag *d)
+{
+	char path[4096];
+	char *buf = NULL;
+	size_t len;
+	cJSON *c;
+	int rc;
+
+	memset(h, 0, sizeof(*h));
+	h->eps = 1e-5f;
+	h->beta_fast = 32.0f;
+	h->beta_slow = 1.0f;
+	snprintf(path, sizeof(path), "%s/config.json", dir);
+	CK_TRY(ck_read_file(path, CONFIG_MAX, &buf, &len, d));
+	c = cJSON_ParseWithLength(buf, len);
+	free(buf);
+	if (!c || !cJSON_IsObject(c)) {
+		cJSON_Delete(c);
+		return ck_fail(d, CK_EINVAL, "'%s': not a JSON object", path);
+	}
+	if (jget(c, "model_type") || jget(c, "architectures"))
+		rc = hp_hf(c, path, h, d);
+	else if (jget(c, "rope_scaling_factor") && jget(c, "num_experts"))
+		rc = hp_original(c, path, h, d);
+	else
+		rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': no model_type (unknown architecture)", path);
+	cJSON_Delete(c);
+	if (rc)
+		return rc;
+	if (h->n_used > h->n_expert)
+		return ck_fail(d, CK_EINVAL, "'%s': %u experts per token but %u experts", path, h->n_used,
+			       h->n_expert);
+	if (h->n_head % h->n_head_kv)
+		return ck_fail(d, CK_EINVAL, "'%s': %u heads is not a multiple of %u key/value heads", path,
+			       h->n_head, h->n_head_kv);
+	/* Keep every derived size below 2^31 so the plan's products cannot overflow. */
+	if ((uint64_t)h->n_head * h->head_dim > INT32_MAX || h->n_expert > 4096 || h->n_layer > 4096 ||
+	    h->n_embd > (1u << 20) || h->n_ff > (1u << 20))
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': sizes out of the supported range", path);
+	return 0;
+}
+
+/* ===== tokenizer ===== */
+
+enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5 };
+
+struct vocab {
+	uint64_t n;		/* = embedding rows */
+	const char **tok;
+	size_t *len;
+	int32_t *type;
+	char *pads;		/* "[PAD<id>]" strings */
+	const char **merge;
+	size_t *mlen;
+	size_t nmerge;
+	char *marena;		/* merges rebuilt from the pair form */
+	int64_t bos, eos, pad;
+	uint32_t eos_list[16];
+	size_t n_eos_list;
+	char *tmpl;
+	size_t tmpl_len;
+	cJSON *tj, *tc;		/* tokenizer.json, tokenizer_config.json (strings point in) */
+};
+
+static void vocab_free(struct vocab *v)
+{
+	free(v->tok);
+	free(v->len);
+	free(v->type);
+	free(v->pads);
+	free(v->merge);
+	free(v->mlen);
+	free(v->marena);
+	free(v->tmpl);
+	cJSON_Delete(v->tj);
+	cJSON_Delete(v->tc);
+	memset(v, 0, sizeof(*v));
+}
+
+static int parse_json_file(const char *path, size_t max, int optional, cJSON **out, struct ck_diag *d)
+{
+	char *buf = NULL;
+	size_t len;
+	int rc;
+
+	*out = NULL;
+	if (optional && access(path, F_OK))
+		return 0;
+	rc = ck_read_file(path, max, &buf, &len, d);
+	if (rc)
+		return rc;
+	*out = cJSON_ParseWithLength(buf, len);
+	free(buf);
+	if (!*out || !cJSON_IsObject(*out)) {
+		cJSON_Delete(*out);
+		*out = NULL;
+		return ck_fail(d, CK_EINVAL, "'%s': not a JSON object", path);
+	}
+	return 0;
+}
+
+struct tokref {
+	const char *s;
+	size_t len;
+	uint32_t id;
+};
+
+static int tokref_cmp(const void *a, const void *b)
+{
+	const struct tokref *x = a, *y = b;
+	int c = memcmp(x->s, y->s, x->len < y->len ? x->len : y->len);
+	if (c)
+		return c;
+	return x->len < y->len ? -1 : x->len > y->len;
+}
+
+/* The id of token text s, or -1. */
+static int64_t vocab_id(const struct vocab *v, const char *s)
+{
+	size_t n = strlen(s);
+	for (uint64_t i = 0; i < v->n; i++)
+		if (v->len[i] == n && !memcmp(v->tok[i], s, n) && v->type[i] != TT_UNUSED)
+			return (int64_t)i;
+	return -1;
+}
+
+/* tokenizer_config "<which>_token": a string or {"content": ...}. */
+static int64_t special_from_config(const struct vocab *v, const char *which)
+{
+	char key[32];
+	const cJSON *t;
+
+	if (!v->tc)
+		return -1;
+	snprintf(key, sizeof(key), "%s_token", which);
+	t = jget(v->tc, key);
+	if (t && cJSON_IsObject(t))
+		t = jget(t, "content");
+	return t && cJSON_IsString(t) ? vocab_id(v, t->valuestring) : -1;
+}
+
+static int64_t special_from_model_config(const char *cfgpath, const char *which)
+{
+	char key[32];
+	cJSON *c = NULL;
+	const cJSON *t;
+	int64_t id = -1;
+
+	if (parse_json_file(cfgpath, CONFIG_MAX, 1, &c, NULL) || !c)
+		return -1;
+	snprintf(key, sizeof(key), "%s_token_id", which);
+	t = jget(c, key);
+	if (t && cJSON_IsArray(t))
+		t = cJSON_GetArrayItem(t, 0);
+	if (t && cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble < 4294967296.0)
+		id = (int64_t)t->valuedouble;
+	cJSON_Delete(c);
+	return id;
+}
+
+static int load_merges(struct vocab *v, const cJSON *merges, const char *path, struct ck_diag *d)
+{
+	size_t n = (size_t)cJSON_GetArraySize(merges), k = 0, arena = 0, pos = 0;
+	const cJSON *m;
+
+	v->merge = ck_calloc(n ? n : 1, sizeof(*v->merge));
+	v->mlen = ck_calloc(n ? n : 1, sizeof(*v->mlen));
+	if (!v->merge || !v->mlen)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	/* Pair form: "a b" with a space inside a part written as U+0120 (gguf-py's rule). */
+	cJSON_ArrayForEach(m, merges) {
+		if (cJSON_IsArray(m)) {
+			const cJSON *a = cJSON_GetArrayItem(m, 0), *b = cJSON_GetArrayItem(m, 1);
+			if (cJSON_GetArraySize(m) != 2 || !cJSON_IsString(a) || !cJSON_IsString(b))
+				return ck_fail(d, CK_EINVAL, "'%s': merge %zu is not a pair of strings", path, k);
+			for (const char *p = a->valuestring; *p; p++)
+				arena += *p == ' ' ? 2 : 1;
+			for (const char *p = b->valuestring; *p; p++)
+				arena += *p == ' ' ? 2 : 1;
+			arena += 1;
+		} else if (!cJSON_IsString(m)) {
+			return ck_fail(d, CK_EINVAL, "'%s': merge %zu is not a string", path, k);
+		}
+		k++;
+	}
+	v->marena = ck_malloc(arena ? arena : 1);
+	if (!v->marena)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	k = 0;
+	cJSON_ArrayForEach(m, merges) {
+		if (cJSON_IsString(m)) {
+			v->merge[k] = m->valuestring;
+			v->mlen[k] = strlen(m->valuestring);
+		} else {
+			size_t start = pos;
+			for (int side = 0; side < 2; side++) {
+				const char *p = cJSON_GetArrayItem(m, side)->valuestring;
+				if (side)
+					v->marena[pos++] = ' ';
+				for (; *p; p++) {
+					if (*p == ' ') {
+						v->marena[pos++] = (char)0xC4;
+						v->marena[pos++] = (char)0xA0;
+					} else {
+						v->marena[pos++] = *p;
+					}
+				}
+			}
+			v->merge[k] = v->marena + start;
+			v->mlen[k] = pos - start;
+		}
+		k++;
+	}
+	v->nmerge = k;
+	return 0;
+}
+
+/*
+ * Read tokenizer.json (+ tokenizer_config.json, chat_template.jinja,
+ * generation_config.json) from dir into n_rows tokens.  Ids the tokenizer
+ * does not name become "[PAD<id>]" (UNUSED); an id at or past the embedding
+ * rows is an error (the vocab-vs-embedding check).
+ */
+static int load_vocab(const char *dir, const char *cfgpath, uint64_t n_rows, struct vocab *v,
+		      struct ck_diag *d)
+{
+	char path[4096];
+	const cJSON *model, *vocab, *merges, *added, *t, *ty;
+	cJSON *gc = NULL;
+	size_t padlen = 0, padpos = 0;
+	struct tokref *refs = NULL;
+	int rc = 0;
+
+	memset(v, 0, sizeof(*v));
+	v->n = n_rows;
+	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+	CK_TRY(parse_json_file(path, TOKENIZER_MAX, 0, &v->tj, d));
+	model = jget(v->tj, "model");
+	ty = model ? jget(model, "type") : NULL;
+	if (!model || !ty || !cJSON_IsString(ty) || strcmp(ty->valuestring, "BPE"))
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': model.type is not BPE", path);
+	vocab = jget(model, "vocab");
+	merges = jget(model, "merges");
+	added = jget(v->tj, "added_tokens");
+	if (!vocab || !cJSON_IsObject(vocab) || !merges || !cJSON_IsArray(merges) ||
+	    (added && !cJSON_IsArray(added)))
+		return ck_fail(d, CK_EINVAL, "'%s': model.vocab, model.merges or added_tokens malformed", path);
+
+	v->tok = ck_calloc(n_rows, sizeof(*v->tok));
+	v->len = ck_calloc(n_rows, sizeof(*v->len));
+	v->type = ck_calloc(n_rows, sizeof(*v->type));
+	if (!v->tok || !v->len || !v->type)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (int pass = 0; pass < 2; pass++) {
+		const cJSON *list = pass ? added : vocab;
+		cJSON_ArrayForEach(t, list) {
+			const char *s;
+			const cJSON *idj, *sp;
+			double id;
+			if (pass) {
+				idj = jget(t, "id");
+				sp = jget(t, "content");
+				if (!idj || !sp || !cJSON_IsString(sp))
+					return ck_fail(d, CK_EINVAL, "'%s': added token without id or content", path);
+				s = sp->valuestring;
+			} else {
+				idj = t;
+				s = t->string;
+			}
+			if (!cJSON_IsNumber(idj) || idj->valuedouble < 0 || idj->valuedouble != floor(idj->valuedouble))
+				return ck_fail(d, CK_EINVAL, "'%s': token '%.64s' has a bad id", path, s);
+			id = idj->valuedouble;
+			if (id >= (double)n_rows)
+				return ck_fail(d, CK_EINVAL, "'%s': token '%.64s' has id %.0f but the embedding has "
+					       "only %" PRIu64 " rows", path, s, id, n_rows);
+			if (v->tok[(uint64_t)id] && !pass)
+				return ck_fail(d, CK_EINVAL, "'%s': id %.0f is given twice", path, id);
+			v->tok[(uint64_t)id] = s;
+			v->len[(uint64_t)id] = strlen(s);
+			sp = pass ? jget(t, "special") : NULL;
+			v->type[(uint64_t)id] = !pass ? TT_NORMAL : cJSON_IsTrue(sp) ? TT_CONTROL : TT_USER;
+		}
+	}
+	for (uint64_t i = 0; i < n_rows; i++)
+		if (!v->tok[i])
+			padlen += 16 + 6;
+	v->pads = ck_malloc(padlen ? padlen : 1);
+	if (!v->pads)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (uint64_t i = 0; i < n_rows; i++)
+		if (!v->tok[i]) {
+			int w = snprintf(v->pads + padpos, padlen - padpos, "[PAD%" PRIu64 "]", i);
+			v->tok[i] = v->pads + padpos;
+			v->len[i] = (size_t)w;
+			v->type[i] = TT_UNUSED;
+			padpos += (size_t)w + 1;
+		}
+	/* llama.cpp asserts that token texts are unique. */
+	refs = ck_calloc(n_rows, sizeof(*refs));
+	if (!refs)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (uint64_t i = 0; i < n_rows; i++)
+		refs[i] = (struct tokref){ v->tok[i], v->len[i], (uint32_t)i };
+	qsort(refs, n_rows, sizeof(*refs), tokref_cmp);
+	for (uint64_t i = 1; i < n_rows && !rc; i++)
+		if (!tokref_cmp(&refs[i - 1], &refs[i]))
+			rc = ck_fail(d, CK_EINVAL, "'%s': ids %u and %u have the same text '%.64s'", path,
+				     refs[i - 1].id, refs[i].id, refs[i].s);
+	free(refs);
+	if (rc)
+		return rc;
+	CK_TRY(load_merges(v, merges, path, d));
+
+	snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
+	CK_TRY(parse_json_file(path, CONFIG_MAX * 4, 1, &v->tc, d));
+	v->bos = special_from_config(v, "bos");
+	v->eos = special_from_config(v, "eos");
+	v->pad = special_from_config(v, "pad");
+	if (v->bos < 0)
+		v->bos = special_from_model_config(cfgpath, "bos");
+	if (v->eos < 0)
+		v->eos = special_from_model_config(cfgpath, "eos");
+	if (v->pad < 0)
+		v->pad = special_from_model_config(cfgpath, "pad");
+
+	/* The chat template embedded in tokenizer_config wins over chat_template.jinja. */
+	t = v->tc ? jget(v->tc, "chat_template") : NULL;
+	if (t && cJSON_IsString(t)) {
+		v->tmpl = ck_strdup(t->valuestring);
+		if (!v->tmpl)
+			return ck_fail(d, CK_ENOMEM, "out of memory");
+		v->tmpl_len = strlen(v->tmpl);
+	} else {
+		snprintf(path, sizeof(path), "%s/chat_template.jinja", dir);
+		if (!access(path, F_OK))
+			CK_TRY(ck_read_file(path, CONFIG_MAX, &v->tmpl, &v->tmpl_len, d));
+	}
+
+	/* The end-of-generation list of generation_config.json. */
+	snprintf(path, sizeof(path), "%s/generation_config.json", dir);
+	CK_TRY(parse_json_file(path, CONFIG_MAX, 1, &gc, d));
+	t = gc ? jget(gc, "eos_token_id") : NULL;
+	if (t && cJSON_IsArray(t)) {
+		const cJSON *e;
+		cJSON_ArrayForEach(e, t)
+			if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < (double)n_rows &&
+			    v->n_eos_list < CK_ARRAY_SIZE(v->eos_list))
+				v->eos_list[v->n_eos_list++] = (uint32_t)e->valuedouble;
+	}
+	cJSON_Delete(gc);
+	return 0;
+}
+
+/* ===== source tensors -> GGUF roles ===== */
+
+enum role {
+	R_ATTN_K_B, R_ATTN_K_W, R_ATTN_NORM, R_ATTN_O_B, R_ATTN_O_W, R_ATTN_Q_B, R_ATTN_Q_W,
+	R_SINKS, R_ATTN_V_B, R_ATTN_V_W, R_DOWN_B, R_DOWN_W, R_GATE_B, R_GATE_W,
+	R_ROUTER_B, R_ROUTER_W, R_UP_B, R_UP_W, R_POST_NORM,
+	R_LAYER_COUNT,
+	/* non-layer, in llama-quantize order */
+	R_OUTPUT = R_LAYER_COUNT, R_OUTPUT_NORM, R_EMBED,
+	R_COUNT
+};
+
+/* GGUF names, in llama-quantize's order (bytewise inside a layer). */
+static const char *const role_name[R_COUNT] = {
+	"attn_k.bias", "attn_k.weight", "attn_norm.weight", "attn_output.bias", "attn_output.weight",
+	"attn_q.bias", "attn_q.weight", "attn_sinks.weight", "attn_v.bias", "attn_v.weight",
+	"ffn_down_exps.bias", "ffn_down_exps.weight", "ffn_gate_exps.bias", "ffn_gate_exps.weight",
+	"ffn_gate_inp.bias", "ffn_gate_inp.weight", "ffn_up_exps.bias", "ffn_up_exps.weight",
+	"post_attention_norm.weight",
+	"output.weight", "output_norm.weight", "token_embd.weight",
+};
+
+/* What a source tensor is. */
+enum kind {
+	K_PLAIN = 1,		/* a float tensor that is one role */
+	K_QKV_W, K_QKV_B,	/* original: fused q|k|v rows */
+	K_GU_BLOCKS, K_GU_SCALES, K_DN_BLOCKS, K_DN_SCALES,	/* MXFP4 experts */
+	K_GU_BIAS,		/* [E, 2I], gate even / up odd */
+	K_GU_FLOAT, K_DN_FLOAT,	/* HF float experts [E, IN, OUT] */
+	K_PE_GU_W, K_PE_GU_B, K_PE_DN_W, K_PE_DN_B,	/* one expert's Linear */
+};
+
+struct rule {
+	const char *suffix;
+	enum kind kind;
+	int role;
+};
+
+/* After "model.layers.N." */
+static const struct rule hf_rules[] = {
+	{ "input_layernorm.weight", K_PLAIN, R_ATTN_NORM },
+	{ "post_attention_layernorm.weight", K_PLAIN, R_POST_NORM },
+	{ "self_attn.q_proj.weight", K_PLAIN, R_ATTN_Q_W },
+	{ "self_attn.q_proj.bias", K_PLAIN, R_ATTN_Q_B },
+	{ "self_attn.k_proj.weight", K_PLAIN, R_ATTN_K_W },
+	{ "self_attn.k_proj.bias", K_PLAIN, R_ATTN_K_B },
+	{ "self_attn.v_proj.weight", K_PLAIN, R_ATTN_V_W },
+	{ "self_attn.v_proj.bias", K_PLAIN, R_ATTN_V_B },
+	{ "self_attn.o_proj.weight", K_PLAIN, R_ATTN_O_W },
+	{ "self_attn.o_proj.bias", K_PLAIN, R_ATTN_O_B },
+	{ "self_attn.sinks", K_PLAIN, R_SINKS },
+	{ "mlp.router.weight", K_PLAIN, R_ROUTER_W },
+	{ "mlp.router.bias", K_PLAIN, R_ROUTER_B },
+	{ "mlp.router.linear.weight", K_PLAIN, R_ROUTER_W },	/* Unsloth */
+	{ "mlp.router.linear.bias", K_PLAIN, R_ROUTER_B },
+	{ "mlp.experts.gate_up_proj_blocks", K_GU_BLOCKS, -1 },
+	{ "mlp.experts.gate_up_proj_scales", K_GU_SCALES, -1 },
+	{ "mlp.experts.gate_up_proj_bias", K_GU_BIAS, -1 },
+	{ "mlp.experts.down_proj_blocks", K_DN_BLOCKS, -1 },
+	{ "mlp.experts.down_proj_scales", K_DN_SCALES, -1 },
+	{ "mlp.experts.down_proj_bias", K_PLAIN, R_DOWN_B },
+	{ "mlp.experts.gate_up_proj", K_GU_FLOAT, -1 },
+	{ "mlp.experts.down_proj", K_DN_FLOAT, -1 },
+};
+
+/* After "block.N." (original/). */
+static const struct rule orig_rules[] = {
+	{ "attn.norm.scale", K_PLAIN, R_ATTN_NORM },
+	{ "attn.qkv.weight", K_QKV_W, -1 },
+	{ "attn.qkv.bias", K_QKV_B, -1 },
+	{ "attn.sinks", K_PLAIN, R_SINKS },
+	{ "attn.out.weight", K_PLAIN, R_ATTN_O_W },
+	{ "attn.out.bias", K_PLAIN, R_ATTN_O_B },
+	{ "mlp.norm.scale", K_PLAIN, R_POST_NORM },
+	{ "mlp.gate.weight", K_PLAIN, R_ROUTER_W },
+	{ "mlp.gate.bias", K_PLAIN, R_ROUTER_B },
+	{ "mlp.mlp1_weight.blocks", K_GU_BLOCKS, -1 },
+	{ "mlp.mlp1_weight.scales", K_GU_SCALES, -1 },
+	{ "mlp.mlp1_bias", K_GU_BIAS, -1 },
+	{ "mlp.mlp2_weight.blocks", K_DN_BLOCKS, -1 },
+	{ "mlp.mlp2_weight.scales", K_DN_SCALES, -1 },
+	{ "mlp.mlp2_bias", K_PLAIN, R_DOWN_B },
+};
+
+static const struct rule global_rules[] = {
+	{ "model.embed_tokens.weight", K_PLAIN, R_EMBED },
+	{ "model.norm.weight", K_PLAIN, R_OUTPUT_NORM },
+	{ "lm_head.weight", K_PLAIN, R_OUTPUT },
+	{ "embedding.weight", K_PLAIN, R_EMBED },
+	{ "norm.scale", K_PLAIN, R_OUTPUT_NORM },
+	{ "unembedding.weight", K_PLAIN, R_OUTPUT },
+};
+
+/* The sources of one layer (or, for layer index n_layer, of the non-layer tensors). */
+struct layer {
+	const struct ck_tensor *plain[R_COUNT];
+	const struct ck_tensor *qkv_w, *qkv_b, *gu_blocks, *gu_scales, *dn_blocks, *dn_scales;
+	const struct ck_tensor *gu_bias, *gu_float, *dn_float;
+	const struct ck_tensor **pe[4];		/* per expert: gate_up w, b, down w, b */
+};
+
+struct conv {
+	const struct ck_togguf_opts *o;
+	struct hp hp;
+	struct ck_model *m;
+	struct layer *layers;	/* n_layer + 1: the last holds the non-layer tensors */
+	uint64_t n_vocab;
+};
+
+/* Parse a decimal index at *p (no sign, no leading zeros beyond "0"), advance past it. */
+static int parse_index(const char **p, uint32_t max, uint32_t *out)
+{
+	const char *s = *p;
+	uint64_t v = 0;
+	if (*s < '0' || *s > '9' || (s[0] == '0' && s[1] >= '0' && s[1] <= '9'))
+		return -1;
+	while (*s >= '0' && *s <= '9') {
+		v = v * 10 + (uint64_t)(*s++ - '0');
+		if (v >= max)
+			return -1;
+	}
+	*p = s;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static int set_slot(const struct ck_tensor **slot, const struct ck_tensor *t, struct ck_diag *d)
+{
+	if (*slot)
+		return ck_fail(d, CK_EINVAL, "tensor '%s': maps to the same GGUF tensor as '%s'", t->name,
+			       (*slot)->name);
+	*slot = t;
+	return 0;
+}
+
+/* Per-expert names after "mlp.experts.": gate_up_projs.E.x, gate_up_proj.weights.E.x (x = weight|bias). */
+static int per_expert(struct conv *c, struct layer *L, const struct ck_tensor *t, const char *s, int *hit,
+		      struct ck_diag *d)
+{
+	static const char *const forms[][2] = {
+		{ "gate_up_projs.", "down_projs." }, { "gate_up_proj.weights.", "down_proj.weights." },
+	};
+	for (size_t f = 0; f < CK_ARRAY_SIZE(forms); f++)
+		for (int proj = 0; proj < 2; proj++) {
+			size_t n = strlen(forms[f][proj]);
+			const char *p = s + n;
+			uint32_t e;
+			int bias;
+			if (strncmp(s, forms[f][proj], n) || parse_index(&p, c->hp.n_expert, &e))
+				continue;
+			if (!strcmp(p, ".weight"))
+				bias = 0;
+			else if (!strcmp(p, ".bias"))
+				bias = 1;
+			else
+				continue;
+			*hit = 1;
+			return set_slot(&L->pe[proj * 2 + bias][e], t, d);
+		}
+	return 0;
+}
+
+static int classify(struct conv *c, const struct ck_tensor *t, struct ck_diag *d)
+{
+	const char *name = t->name, *s = NULL;
+	const struct rule *rules = hf_rules;
+	size_t nrules = CK_ARRAY_SIZE(hf_rules);
+	struct layer *L = &c->layers[c->hp.n_layer];
+	uint32_t il;
+
+	for (size_t i = 0; i < CK_ARRAY_SIZE(global_rules); i++)
+		if (!strcmp(name, global_rules[i].suffix))
+			return set_slot(&L->plain[global_rules[i].role], t, d);
+	if (!strncmp(name, "model.layers.", 13)) {
+		s = name + 13;
+	} else if (!strncmp(name, "block.", 6)) {
+		s = name + 6;
+		rules = orig_rules;
+		nrules = CK_ARRAY_SIZE(orig_rules);
+	}
+	if (s && !parse_index(&s, c->hp.n_layer, &il) && *s == '.') {
+		s++;
+		L = &c->layers[il];
+		for (size_t i = 0; i < nrules; i++) {
+			const struct rule *r = &rules[i];
+			if (strcmp(s, r->suffix))
+				continue;
+			switch (r->kind) {
+			case K_PLAIN: return set_slot(&L->plain[r->role], t, d);
+			case K_QKV_W: return set_slot(&L->qkv_w, t, d);
+			case K_QKV_B: return set_slot(&L->qkv_b, t, d);
+			case K_GU_BLOCKS: return set_slot(&L->gu_blocks, t, d);
+			case K_GU_SCALES: return set_slot(&L->gu_scales, t, d);
+			case K_DN_BLOCKS: return set_slot(&L->dn_blocks, t, d);
+			case K_DN_SCALES: return set_slot(&L->dn_scales, t, d);
+			case K_GU_BIAS: return set_slot(&L->gu_bias, t, d);
+			case K_GU_FLOAT: return set_slot(&L->gu_float, t, d);
+			case K_DN_FLOAT: return set_slot(&L->dn_float, t, d);
+			default: break;
+			}
+		}
+		if (rules == hf_rules && !strncmp(s, "mlp.experts.", 12)) {
+			int hit = 0;
+			CK_TRY(per_expert(c, L, t, s + 12, &hit, d));
+			if (hit)
+				return 0;
+		}
+	}
+	return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s' maps to no GGUF tensor of gpt-oss",
+		       ck_model_path(c->m), name);
+}
+
+/* ===== shape checks ===== */
+
+static int want_shape(const struct conv *c, const struct ck_tensor *t, int is_float, int ndim,
+		      const uint64_t *shape, struct ck_diag *d)
+{
+	char a[96], b[96];
+	int ok = t->ndim == ndim;
+	for (int i = 0; ok && i < ndim; i++)
+		ok = t->shape[i] == shape[i];
+	if (!ok)
+		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': shape %s, config.json says %s",
+			       ck_model_path(c->m), t->name, ck_shape_str(t->shape, t->ndim, a, sizeof(a)),
+			       ck_shape_str(shape, ndim, b, sizeof(b)));
+	if (is_float && !ck_dtype_is_float(t->dtype))
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': dtype %s, expected F32, F16 or BF16",
+			       ck_model_path(c->m), t->name, ck_dtype_name(t->dtype));
+	if (!is_float && t->dtype != CK_DT_U8)
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': dtype %s, expected U8 (MXFP4)",
+			       ck_model_path(c->m), t->name, ck_dtype_name(t->dtype));
+	return 0;
+}
+
+#define WANT(t, fl, ...) do { const uint64_t s_[] = { __VA_ARGS__ }; \
+	CK_TRY(want_shape(c, t, fl, (int)CK_ARRAY_SIZE(s_), s_, d)); } while (0)
+
+/* The GGUF shape (PyTorch order) of role r. */
+static int role_shape(const struct conv *c, int r, uint64_t *shape)
+{
+	const struct hp *h = &c->hp;
+	uint64_t H = h->n_embd, I = h->n_ff, E = h->n_expert;
+	uint64_t Q = (uint64_t)h->n_head * h->head_dim, KV = (uint64_t)h->n_head_kv * h->head_dim;
+
+	switch (r) {
+	case R_EMBED: case R_OUTPUT: shape[0] = c->n_vocab; shape[1] = H; return 2;
+	case R_OUTPUT_NORM: case R_ATTN_NORM: case R_POST_NORM: case R_ATTN_O_B: shape[0] = H; return 1;
+	case R_ATTN_Q_W: shape[0] = Q; shape[1] = H; return 2;
+	case R_ATTN_Q_B: shape[0] = Q; return 1;
+	case R_ATTN_K_W: case R_ATTN_V_W: shape[0] = KV; shape[1] = H; return 2;
+	case R_ATTN_K_B: case R_ATTN_V_B: shape[0] = KV; return 1;
+	case R_ATTN_O_W: shape[0] = H; shape[1] = Q; return 2;
+	case R_SINKS: shape[0] = h->n_head; return 1;
+	case R_ROUTER_W: shape[0] = E; shape[1] = H; return 2;
+	case R_ROUTER_B: shape[0] = E; return 1;
+	case R_GATE_W: case R_UP_W: shape[0] = E; shape[1] = I; shape[2] = H; return 3;
+	case R_GATE_B: case R_UP_B: shape[0] = E; shape[1] = I; return 2;
+	case R_DOWN_W: shape[0] = E; shape[1] = H; shape[2] = I; return 3;
+	case R_DOWN_B: shape[0] = E; shape[1] = H; return 2;
+	default: return 0;
+	}
+}
+
+static const char *layer_label(const struct conv *c, uint32_t il, char *buf, size_t cap)
+{
+	if (il == c->hp.n_layer)
+		snprintf(buf, cap, "%s", "");
+	else
+		snprintf(buf, cap, "blk.%u.", il);
+	return buf;
+}
+
+static int missing(const struct conv *c, uint32_t il, int r, struct ck_diag *d)
+{
+	char pre[32];
+	return ck_fail(d, CK_EINVAL, "'%s': no source tensor for %s%s", ck_model_path(c->m),
+		       layer_label(c, il, pre, sizeof(pre)), role_name[r]);
+}
+
+/* Check one layer's sources are complete, of one expert form, with the right shapes. */
+static int check_layer(struct conv *c, uint32_t il, struct ck_diag *d)
+{
+	const struct hp *h = &c->hp;
+	struct layer *L = &c->layers[il];
+	uint64_t H = h->n_embd, I = h->n_ff, E = h->n_expert, shape[4];
+	uint64_t QKV = ((uint64_t)h->n_head + 2ull * h->n_head_kv) * h->head_dim;
+	int mx = L->gu_blocks || L->gu_scales || L->dn_blocks || L->dn_scales;
+	int fl = L->gu_float || L->dn_float;
+	int pe = 0;
+
+	for (uint32_t e = 0; e < E; e++)
+		for (int k = 0; k < 4; k++)
+			pe |= L->pe[k][e] != NULL;
+	if (mx + fl + pe > 1)
+		return ck_fail(d, CK_EINVAL, "'%s': layer %u mixes expert layouts (MXFP4, fused float, "
+			       "per-expert)", ck_model_path(c->m), il);
+	if (L->qkv_w) {
+		WANT(L->qkv_w, 1, QKV, H);
+		if (L->plain[R_ATTN_Q_W] || L->plain[R_ATTN_K_W] || L->plain[R_ATTN_V_W])
+			return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': fused and separate q/k/v in one layer",
+				       ck_model_path(c->m), L->qkv_w->name);
+	}
+	if (L->qkv_b) {
+		WANT(L->qkv_b, 1, QKV);
+		if (L->plain[R_ATTN_Q_B] || L->plain[R_ATTN_K_B] || L->plain[R_ATTN_V_B])
+			return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': fused and separate q/k/v in one layer",
+				       ck_model_path(c->m), L->qkv_b->name);
+	}
+	for (int r = 0; r < R_LAYER_COUNT; r++) {
+		int n;
+		if ((r == R_ATTN_Q_W || r == R_ATTN_K_W || r == R_ATTN_V_W) && L->qkv_w)
+			continue;
+		if ((r == R_ATTN_Q_B || r == R_ATTN_K_B || r == R_ATTN_V_B) && L->qkv_b)
+			continue;
+		if (r == R_GATE_W || r == R_UP_W || r == R_DOWN_W || r == R_GATE_B || r == R_UP_B)
+			continue;
+		if (r == R_DOWN_B && pe)
+			continue;
+		if (!L->plain[r])
+			return missing(c, il, r, d);
+		n = role_shape(c, r, shape);
+		CK_TRY(want_shape(c, L->plain[r], 1, n, shape, d));
+	}
+	if (mx) {
+		if (!L->gu_blocks || !L->gu_scales)
+			return missing(c, il, R_GATE_W, d);
+		if (!L->dn_blocks || !L->dn_scales)
+			return missing(c, il, R_DOWN_W, d);
+		WANT(L->gu_blocks, 0, E, 2 * I, H / 32, 16);
+		WANT(L->gu_scales, 0, E, 2 * I, H / 32);
+		WANT(L->dn_blocks, 0, E, H, I / 32, 16);
+		WANT(L->dn_scales, 0, E, H, I / 32);
+	} else if (fl) {
+		if (!L->gu_float)
+			return missing(c, il, R_GATE_W, d);
+		if (!L->dn_float)
+			return missing(c, il, R_DOWN_W, d);
+		WANT(L->gu_float, 1, E, H, 2 * I);
+		WANT(L->dn_float, 1, E, I, H);
+	} else if (pe) {
+		for (uint32_t e = 0; e < E; e++) {
+			if (!L->pe[0][e])
+				return missing(c, il, R_GATE_W, d);
+			if (!L->pe[1][e])
+				return missing(c, il, R_GATE_B, d);
+			if (!L->pe[2][e])
+				return missing(c, il, R_DOWN_W, d);
+			if (!L->pe[3][e])
+				return missing(c, il, R_DOWN_B, d);
+			WANT(L->pe[0][e], 1, 2 * I, H);
+			WANT(L->pe[1][e], 1, 2 * I);
+			WANT(L->pe[2][e], 1, H, I);
+			WANT(L->pe[3][e], 1, H);
+		}
+	} else {
+		return missing(c, il, R_GATE_W, d);
+	}
+	if (!pe) {
+		if (!L->gu_bias)
+			return missing(c, il, R_GATE_B, d);
+		WANT(L->gu_bias, 1, E, 2 * I);
+	}
+	return 0;
+}
+
+static int map_sources(struct conv *c, struct ck_diag *d)
+{
+	const struct hp *h = &c->hp;
+	struct layer *G;
+	uint64_t shape[2];
+
+	c->layers = ck_calloc(h->n_layer + 1, sizeof(*c->layers));
+	if (!c->layers)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (uint32_t il = 0; il < h->n_layer; il++)
+		for (int k = 0; k < 4; k++)
+			if (!(c->layers[il].pe[k] = ck_calloc(h->n_expert, sizeof(void *))))
+				return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (size_t i = 0; i < ck_model_count(c->m); i++)
+		CK_TRY(classify(c, ck_model_tensor(c->m, i), d));
+
+	G = &c->layers[h->n_layer];
+	for (int r = R_OUTPUT; r < R_COUNT; r++)
+		if (!G->plain[r])
+			return missing(c, h->n_layer, r, d);
+	/* The vocabulary size is the embedding's row count; output must agree. */
+	if (G->plain[R_EMBED]->ndim != 2)
+		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s' is not 2-D", ck_model_path(c->m),
+			       G->plain[R_EMBED]->name);
+	c->n_vocab = G->plain[R_EMBED]->shape[0];
+	if (!c->n_vocab || c->n_vocab > (1u << 30))
+		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s' has %" PRIu64 " rows", ck_model_path(c->m),
+			       G->plain[R_EMBED]->name, c->n_vocab);
+	if (h->vocab && h->vocab != c->n_vocab)
+		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s' has %" PRIu64 " rows, config.json vocab_size %u",
+			       ck_model_path(c->m), G->plain[R_EMBED]->name, c->n_vocab, h->vocab);
+	for (int r = R_OUTPUT; r < R_COUNT; r++) {
+		int n = role_shape(c, r, shape);
+		CK_TRY(want_shape(c, G->plain[r], 1, n, shape, d));
+	}
+	for (uint32_t il = 0; il < h->n_layer; il++)
+		CK_TRY(check_layer(c, il, d));
+	return 0;
+}
+
+/* ===== block encoders ===== */
+
+/* OpenAI pairs order (element 2j low nibble) -> ggml split halves (k low, k+16 high). */
+void ck_mxfp4_to_ggml_qs(const uint8_t src[16], uint8_t qs[16])
+{
+	uint8_t e[32];
+	for (int j = 0; j < 16; j++) {
+		e[2 * j] = src[j] & 15;
+		e[2 * j + 1] = src[j] >> 4;
+	}
+	for (int k = 0; k < 16; k++)
+		qs[k] = (uint8_t)(e[k] | e[k + 16] << 4);
+}
+
+static const float fp4_value[16] = {
+	0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
+	-0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f,
+};
+
+static float f32_from_bits(uint32_t u)
+{
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+static uint32_t bits_of(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	return u;
+}
+
+/* |y| to the nearest E2M1 code, ties to the even code, saturating at 6. */
+static uint8_t e2m1_rtne(float a)
+{
+	if (a <= 0.25f) return 0;
+	if (a < 0.75f) return 1;
+	if (a <= 1.25f) return 2;
+	if (a < 1.75f) return 3;
+	if (a <= 2.5f) return 4;
+	if (a < 3.5f) return 5;
+	if (a <= 5.0f) return 6;
+	return 7;
+}
+
+/* One block of 32 floats into a ggml MXFP4 block (17 bytes) with the OpenAI rule. */
+static void mxfp4_openai(const float *x, uint8_t *out)
+{
+	float amax = 0.0f, q;
+	uint32_t b;
+	uint8_t code[32];
+
+	for (int k = 0; k < 32; k++)
+		amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+	/* scale = the power of two at or above amax/6 (round the quotient's exponent up) */
+	b = (bits_of(amax / 6.0f) + 0x7FFFFFu) & 0x7F800000u;
+	q = b ? 1.0f / f32_from_bits(b) : 0.0f;
+	for (int k = 0; k < 32; k++) {
+		float y = x[k] * q;
+		code[k] = (uint8_t)(e2m1_rtne(fabsf(y)) | (signbit(y) ? 8 : 0));
+	}
+	out[0] = (uint8_t)(b >> 23);
+	for (int k = 0; k < 16; k++)
+		out[1 + k] = (uint8_t)(code[k] | code[k + 16] << 4);
+}
+
+static const int8_t kvalues_mxfp4[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
+
+/* ggml's GGML_E8M0_TO_FP32_HALF: 2^(e-128), with e < 2 as subnormals. */
+static float e8m0_half(uint8_t e)
+{
+	return f32_from_bits(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23);
+}
+
+/* One block with ggml's quantize_row_mxfp4_ref. */
+static void mxfp4_ggml(const float *x, uint8_t *out)
+{
+	float amax = 0.0f, dd;
+	uint8_t e = 0;
+
+	for (int k = 0; k < 32; k++)
+		if (amax < fabsf(x[k]))
+			amax = fabsf(x[k]);
+	if (amax > 0.0f)
+		e = (uint8_t)(int32_t)(floorf(log2f(amax)) - 2 + 127);	/* wraps like ggml's cast */
+	dd = e8m0_half(e);
+	out[0] = e;
+	for (int k = 0; k < 16; k++) {
+		uint8_t idx[2];
+		for (int h = 0; h < 2; h++) {
+			float v = x[k + 16 * h], best = fabsf((float)kvalues_mxfp4[0] * dd - v);
+			idx[h] = 0;
+			for (uint8_t i = 1; i < 16; i++) {
+				float err = fabsf((float)kvalues_mxfp4[i] * dd - v);
+				if (err < best) {
+					best = err;
+					idx[h] = i;
+				}
+			}
+		}
+		out[1 + k] = (uint8_t)(idx[0] | idx[1] << 4);
+	}
+}
+
+/* ggml's quantize_row_q8_0_ref: d = amax/127 as fp16, q = roundf(x/d) with the f32 d. */
+static void q8_0_block(const float *x, uint8_t *out)
+{
+	float amax = 0.0f, dd, id;
+	uint16_t h;
+
+	for (int k = 0; k < 32; k++)
+		amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
+	dd = amax / 127.0f;
+	id = dd != 0.0f ? 1.0f / dd : 0.0f;
+	h = ck_f32_to_f16(dd);
+	out[0] = (uint8_t)h;
+	out[1] = (uint8_t)(h >> 8);
+	for (int k = 0; k < 32; k++)
+		out[2 + k] = (uint8_t)(int8_t)roundf(x[k] * id);
+}
+
+/* Bytes of a row of n elements of ggml type ty (n a multiple of the block). */
+static uint64_t row_bytes(uint32_t ty, uint64_t n)
+{
+	const struct ck_ggml_type *t = ck_ggml_type(ty);
+	return n / t->blck * t->type_size;
+}
+
+/* Encode rows x[nrows][n] (f32) into ggml type ty. */
+static int encode_rows(const struct conv *c, uint32_t ty, const float *x, uint64_t nrows, uint64_t n,
+		       uint8_t *out, const char *what, struct ck_diag *d)
+{
+	uint64_t total = nrows * n;
+	switch (ty) {
+	case CK_GGML_F32:
+		memcpy(out, x, (size_t)total * 4);
+		return 0;
+	case CK_GGML_F16:
+		ck_f32_to_f16_n(x, (uint16_t *)(void *)out, (size_t)total);
+		return 0;
+	case CK_GGML_BF16:
+		ck_f32_to_bf16_n(x, (uint16_t *)(void *)out, (size_t)total);
+		return 0;
+	case CK_GGML_Q8_0:
+		for (uint64_t b = 0; b < total / 32; b++)
+			q8_0_block(x + b * 32, out + b * 34);
+		return 0;
+	case CK_GGML_MXFP4:
+		for (uint64_t b = 0; b < total / 32; b++) {
+			for (int k = 0; k < 32; k++)
+				if (!isfinite(x[b * 32 + k]))
+					return ck_fail(d, CK_EINVAL, "'%s': %s: NaN or Inf at element %" PRIu64
+						       ", cannot quantize to MXFP4", ck_model_path(c->m), what,
+						       b * 32 + (uint64_t)k);
+			if (c->o->mxfp4_rule == CK_MXFP4_GGML)
+				mxfp4_ggml(x + b * 32, out + b * 17);
+			else
+				mxfp4_openai(x + b * 32, out + b * 17);
+		}
+		return 0;
+	default:
+		return ck_fail(d, CK_EUNSUPPORTED, "ggml type %u is not an output type", ty);
+	}
+}
+
+/* ===== the output plan ===== */
+
+struct otensor {
+	char name[64];
+	int role;
+	uint32_t layer;		/* n_layer for the non-layer tensors */
+	uint32_t type;
+	int ndim;
+	uint64_t shape[3];
+};
+
+static uint32_t role_type(const struct conv *c, int r)
+{
+	switch (r) {
+	case R_EMBED: case R_OUTPUT: case R_ATTN_Q_W: case R_ATTN_K_W: case R_ATTN_V_W: case R_ATTN_O_W:
+		return c->o->outtype;
+	case R_GATE_W: case R_UP_W: case R_DOWN_W:
+		return c->o->experts;
+	default:
+		return CK_GGML_F32;	/* norms, sinks, router, biases */
+	}
+}
+
+static size_t plan(const struct conv *c, struct otensor *ot)
+{
+	size_t n = 0;
+	/* the non-layer tensors first, then layer by layer, as llama-quantize orders them */
+	for (uint32_t k = 0; k <= c->hp.n_layer; k++) {
+		uint32_t il = k == 0 ? c->hp.n_layer : k - 1;
+		int lo = il == c->hp.n_layer ? R_OUTPUT : 0, hi = il == c->hp.n_layer ? R_COUNT : R_LAYER_COUNT;
+		for (int r = lo; r < hi; r++) {
+			struct otensor *t = &ot[n++];
+			char pre[32];
+			snprintf(t->name, sizeof(t->name), "%s%s", layer_label(c, il, pre, sizeof(pre)),
+				 role_name[r]);
+			t->role = r;
+			t->layer = il;
+			t->type = role_type(c, r);
+			t->ndim = role_shape(c, r, t->shape);
+		}
+	}
+	return n;
+}
+
+/* A readable account of where a GGUF tensor comes from (for --dry-run). */
+static void describe_source(const struct conv *c, const struct otensor *t, char *buf, size_t cap)
+{
+	const struct layer *L = &c->layers[t->layer];
+	int r = t->role, gu = r == R_GATE_W || r == R_UP_W || r == R_GATE_B || r == R_UP_B;
+	const char *half = r == R_GATE_W || r == R_GATE_B ? "even rows" : "odd rows";
+
+	if (L->plain[r]) {
+		snprintf(buf, cap, "%s", L->plain[r]->name);
+	} else if (L->qkv_w && (r == R_ATTN_Q_W || r == R_ATTN_K_W || r == R_ATTN_V_W)) {
+		snprintf(buf, cap, "%s (%s rows)", L->qkv_w->name, r == R_ATTN_Q_W ? "q" : r == R_ATTN_K_W ? "k" : "v");
+	} else if (L->qkv_b && (r == R_ATTN_Q_B || r == R_ATTN_K_B || r == R_ATTN_V_B)) {
+		snprintf(buf, cap, "%s (%s part)", L->qkv_b->name, r == R_ATTN_Q_B ? "q" : r == R_ATTN_K_B ? "k" : "v");
+	} else if ((r == R_GATE_B || r == R_UP_B) && L->gu_bias) {
+		snprintf(buf, cap, "%s (%s)", L->gu_bias->name, r == R_GATE_B ? "even columns" : "odd columns");
+	} else if (L->gu_blocks && (r == R_GATE_W || r == R_UP_W)) {
+		snprintf(buf, cap, "%s + %s (%s)", L->gu_blocks->name, L->gu_scales->name, half);
+	} else if (L->dn_blocks && r == R_DOWN_W) {
+		snprintf(buf, cap, "%s + %s", L->dn_blocks->name, L->dn_scales->name);
+	} else if (L->gu_float && (r == R_GATE_W || r == R_UP_W)) {
+		snprintf(buf, cap, "%s (transposed, %s)", L->gu_float->name,
+			 r == R_GATE_W ? "even columns" : "odd columns");
+	} else if (L->dn_float && r == R_DOWN_W) {
+		snprintf(buf, cap, "%s (transposed)", L->dn_float->name);
+	} else if (L->pe[0][0]) {
+		int k = gu ? (r == R_GATE_W || r == R_UP_W ? 0 : 1) : (r == R_DOWN_W ? 2 : 3);
+		snprintf(buf, cap, "%s .. %s%s%s", L->pe[k][0]->name, L->pe[k][c->hp.n_expert - 1]->name,
+			 gu ? ", " : "", gu ? half : "");
+	} else {
+		snprintf(buf, cap, "?");
+	}
+}
+
+/* ===== streaming the data ===== */
+
+struct stream {
+	struct conv *c;
+	struct ck_ggw *w;
+	float *f;		/* one expert (or one chunk of rows) as f32 */
+	uint8_t *out;		/* its encoding */
+	float *tmp;		/* source rows as f32 */
+	size_t fcap;		/* floats in f, tmp; bytes/4 in out */
+};
+
+/* Elements [e0, e0+n) of a float tensor, as f32. */
+static void load_elems(const struct ck_tensor *t, uint64_t e0, uint64_t n, float *dst)
+{
+	size_t es = ck_dtype_bits(t->dtype) / 8;
+	const uint8_t *p = t->data + e0 * es;
+	ck_convert(t->dtype, p, CK_DT_F32, dst, (size_t)n);
+	ck_model_done_range(p, (size_t)(n * es));
+}
+
+static void load_rows(const struct ck_tensor *t, uint64_t r0, uint64_t nrows, uint64_t n, float *dst)
+{
+	load_elems(t, r0 * n, nrows * n, dst);
+}
+
+/* Write elements [e0, e0 + nrows*n) of t as nrows rows of n, encoded as ty, in chunks. */
+static int write_rows(struct stream *s, const struct ck_tensor *t, uint64_t e0, uint64_t nrows, uint64_t n,
+		      uint32_t ty, struct ck_diag *d)
+{
+	uint64_t per = s->fcap / n;
+	if (per == 0)
+		per = 1;
+	for (uint64_t r = 0; r < nrows; r += per) {
+		uint64_t k = nrows - r < per ? nrows - r : per;
+		load_elems(t, e0 + r * n, k * n, s->f);
+		CK_TRY(encode_rows(s->c, ty, s->f, k, n, s->out, t->name, d));
+		CK_TRY(ck_ggw_write(s->w, s->out, (size_t)row_bytes(ty, k * n), d));
+	}
+	return 0;
+}
+
+/* Biases of gate (odd=0) or up (odd=1) from [E, 2I]: element 2i+odd of each expert's row. */
+static int write_gu_bias(struct stream *s, const struct ck_tensor *t, int odd, struct ck_diag *d)
+{
+	uint64_t E = s->c->hp.n_expert, I = s->c->hp.n_ff;
+	for (uint64_t e = 0; e < E; e++) {
+		load_rows(t, e, 1, 2 * I, s->tmp);
+		for (uint64_t i = 0; i < I; i++)
+			s->f[i] = s->tmp[2 * i + (uint64_t)odd];
+		CK_TRY(ck_ggw_write(s->w, s->f, (size_t)I * 4, d));
+	}
+	return 0;
+}
+
+/* Dequantize OpenAI MXFP4 rows: blocks [.., G, 16] + scales [.., G] -> f32 [G*32]. */
+static void mxfp4_row_f32(const uint8_t *blk, const uint8_t *scl, uint64_t G, float *dst)
+{
+	for (uint64_t g = 0; g < G; g++) {
+		int ex = (int)scl[g] - 127;
+		for (int j = 0; j < 16; j++) {
+			uint8_t b = blk[g * 16 + (uint64_t)j];
+			dst[g * 32 + (uint64_t)(2 * j)] = ldexpf(fp4_value[b & 15], ex);
+			dst[g * 32 + (uint64_t)(2 * j + 1)] = ldexpf(fp4_value[b >> 4], ex);
+		}
+	}
+}
+
+/*
+ * One expert tensor (gate: rows 2i, up: rows 2i+1, down: all rows of the
+ * source's output dimension), expert by expert.
+ */
+static int write_experts(struct stream *s, const struct otensor *ot, struct ck_diag *d)
+{
+	struct conv *c = s->c;
+	const struct layer *L = &c->layers[ot->layer];
+	uint64_t E = c->hp.n_expert, rows = ot->shape[1], cols = ot->shape[2];
+	uint64_t step = ot->role == R_DOWN_W ? 1 : 2, off = ot->role == R_UP_W ? 1 : 0;
+	const struct ck_tensor *blk = ot->role == R_DOWN_W ? L->dn_blocks : L->gu_blocks;
+	const struct ck_tensor *scl = ot->role == R_DOWN_W ? L->dn_scales : L->gu_scales;
+	const struct ck_tensor *flt = ot->role == R_DOWN_W ? L->dn_float : L->gu_float;
+	uint64_t G = cols / 32, src_rows = rows * step;
+
+	for (uint64_t e = 0; e < E; e++) {
+		if (blk && ot->type == CK_GGML_MXFP4) {
+			/* MXFP4 in, MXFP4 out: move the scale in front, reorder the nibbles. */
+			for (uint64_t r = 0; r < rows; r++) {
+				uint64_t sr = e * src_rows + r * step + off;
+				const uint8_t *b = blk->data + sr * G * 16, *sc = scl->data + sr * G;
+				uint8_t *o = s->out + r * G * 17;
+				for (uint64_t g = 0; g < G; g++) {
+					o[g * 17] = sc[g];
+					ck_mxfp4_to_ggml_qs(b + g * 16, o + g * 17 + 1);
+				}
+			}
+			CK_TRY(ck_ggw_write(s->w, s->out, (size_t)(rows * G * 17), d));
+			continue;
+		}
+		if (blk) {
+			for (uint64_t r = 0; r < rows; r++) {
+				uint64_t sr = e * src_rows + r * step + off;
+				mxfp4_row_f32(blk->data + sr * G * 16, scl->data + sr * G, G, s->f + r * cols);
+			}
+		} else if (flt) {
+			/* HF float experts are [E, IN, OUT]: transpose, taking every step-th column. */
+			for (uint64_t in = 0; in < cols; in++) {
+				load_rows(flt, e * cols + in, 1, src_rows, s->tmp);
+				for (uint64_t r = 0; r < rows; r++)
+					s->f[r * cols + in] = s->tmp[r * step + off];
+			}
+		} else {
+			const struct ck_tensor *t = L->pe[ot->role == R_DOWN_W ? 2 : 0][e];
+			for (uint64_t r = 0; r < rows; r++)
+				load_rows(t, r * step + off, 1, cols, s->f + r * cols);
+		}
+		CK_TRY(encode_rows(c, ot->type, s->f, rows, cols, s->out, ot->name, d));
+		CK_TRY(ck_ggw_write(s->w, s->out, (size_t)row_bytes(ot->type, rows * cols), d));
+	}
+	return 0;
+}
+
+static int write_tensor(struct stream *s, const struct otensor *ot, struct ck_diag *d)
+{
+	struct conv *c = s->c;
+	const struct layer *L = &c->layers[ot->layer];
+	const struct hp *h = &c->hp;
+	uint64_t Q = (uint64_t)h->n_head * h->head_dim, KV = (uint64_t)h->n_head_kv * h->head_dim;
+	int r = ot->role;
+	uint64_t n = ot->shape[ot->ndim - 1], rows = ot->ndim == 2 ? ot->shape[0] : 1;
+
+	if (r == R_GATE_W || r == R_UP_W || r == R_DOWN_W)
+		return write_experts(s, ot, d);
+	if (L->plain[r])
+		return write_rows(s, L->plain[r], 0, rows, n, ot->type, d);
+	if (r == R_ATTN_Q_W || r == R_ATTN_K_W || r == R_ATTN_V_W) {
+		uint64_t r0 = r == R_ATTN_Q_W ? 0 : r == R_ATTN_K_W ? Q : Q + KV;
+		return write_rows(s, L->qkv_w, r0 * n, rows, n, ot->type, d);
+	}
+	if (r == R_ATTN_Q_B || r == R_ATTN_K_B || r == R_ATTN_V_B) {
+		uint64_t e0 = r == R_ATTN_Q_B ? 0 : r == R_ATTN_K_B ? Q : Q + KV;
+		return write_rows(s, L->qkv_b, e0, 1, n, ot->type, d);
+	}
+	if ((r == R_GATE_B || r == R_UP_B) && L->gu_bias)
+		return write_gu_bias(s, L->gu_bias, r == R_UP_B, d);
+	if (r == R_GATE_B || r == R_UP_B || r == R_DOWN_B) {
+		/* per-expert biases: one vector per expert */
+		for (uint64_t e = 0; e < h->n_expert; e++) {
+			const struct ck_tensor *t = L->pe[r == R_DOWN_B ? 3 : 1][e];
+			uint64_t step = r == R_DOWN_B ? 1 : 2, off = r == R_UP_B ? 1 : 0;
+			load_rows(t, 0, 1, t->shape[0], s->tmp);
+			for (uint64_t i = 0; i < n; i++)
+				s->f[i] = s->tmp[i * step + off];
+			CK_TRY(ck_ggw_write(s->w, s->f, (size_t)n * 4, d));
+		}
+		return 0;
+	}
+	return ck_fail(d, CK_EINVAL, "internal: no source for %s", ot->name);
+}
+
+/* ===== KVs ===== */
+
+static int add_kvs(struct conv *c, struct ck_ggw *w, const struct vocab *v, struct ck_diag *d)
+{
+	const struct hp *h = &c->hp;
+	uint32_t ft;
+	int32_t *types = NULL;
+	int rc;
+
+#define U32(k, x) CK_TRY(ck_ggw_kv_u32(w, "gpt-oss." k, x, d))
+#define F32(k, x) CK_TRY(ck_ggw_kv_f32(w, "gpt-oss." k, x, d))
+	CK_TRY(ck_ggw_kv_str(w, "general.architecture", "gpt-oss", 7, d));
+	CK_TRY(ck_ggw_kv_str(w, "general.type", "model", 5, d));
+	U32("block_count", h->n_layer);
+	U32("context_length", h->n_ctx);
+	U32("embedding_length", h->n_embd);
+	U32("feed_forward_length", h->n_ff);
+	U32("attention.head_count", h->n_head);
+	U32("attention.head_count_kv", h->n_head_kv);
+	F32("rope.freq_base", h->rope_base);
+	F32("attention.layer_norm_rms_epsilon", h->eps);
+	U32("expert_count", h->n_expert);
+	U32("expert_used_count", h->n_used);
+	U32("attention.key_length", h->head_dim);
+	U32("attention.value_length", h->head_dim);
+	U32("attention.sliding_window", h->swa);
+	U32("expert_feed_forward_length", h->n_ff);
+	if (h->yarn) {
+		CK_TRY(ck_ggw_kv_str(w, "gpt-oss.rope.scaling.type", "yarn", 4, d));
+		F32("rope.scaling.factor", h->rope_factor);
+		U32("rope.scaling.original_context_length", h->orig_ctx);
+		F32("rope.scaling.yarn_beta_fast", h->beta_fast);
+		F32("rope.scaling.yarn_beta_slow", h->beta_slow);
+	}
+#undef U32
+#undef F32
+	/* llama_ftype: 38 MOSTLY_MXFP4_MOE, else by the main output type. */
+	switch (c->o->experts == CK_GGML_MXFP4 ? CK_GGML_MXFP4 : c->o->outtype) {
+	case CK_GGML_MXFP4: ft = 38; break;
+	case CK_GGML_F32: ft = 0; break;
+	case CK_GGML_F16: ft = 1; break;
+	case CK_GGML_Q8_0: ft = 7; break;
+	default: ft = 32; break;	/* BF16 */
+	}
+	CK_TRY(ck_ggw_kv_u32(w, "general.quantization_version", 2, d));
+	CK_TRY(ck_ggw_kv_u32(w, "general.file_type", ft, d));
+
+	CK_TRY(ck_ggw_kv_str(w, "tokenizer.ggml.model", "gpt2", 4, d));
+	CK_TRY(ck_ggw_kv_str(w, "tokenizer.ggml.pre", "gpt-4o", 6, d));
+	CK_TRY(ck_ggw_kv_strs(w, "tokenizer.ggml.tokens", v->tok, v->len, v->n, d));
+	types = ck_mallocarray(v->n, sizeof(*types));
+	if (!types)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	memcpy(types, v->type, v->n * sizeof(*types));
+	rc = ck_ggw_kv_arr(w, "tokenizer.ggml.token_type", CK_GGUF_I32, types, v->n, d);
+	free(types);
+	CK_TRY(rc);
+	CK_TRY(ck_ggw_kv_strs(w, "tokenizer.ggml.merges", v->merge, v->mlen, v->nmerge, d));
+	if (v->bos >= 0)
+		CK_TRY(ck_ggw_kv_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)v->bos, d));
+	if (v->eos >= 0)
+		CK_TRY(ck_ggw_kv_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)v->eos, d));
+	if (v->pad >= 0)
+		CK_TRY(ck_ggw_kv_u32(w, "tokenizer.ggml.padding_token_id", (uint32_t)v->pad, d));
+	if (v->n_eos_list)
+		CK_TRY(ck_ggw_kv_arr(w, "tokenizer.ggml.eos_token_ids", CK_GGUF_U32, v->eos_list,
+				     v->n_eos_list, d));
+	CK_TRY(ck_ggw_kv_bool(w, "tokenizer.ggml.add_bos_token", 0, d));
+	CK_TRY(ck_ggw_kv_bool(w, "tokenizer.ggml.add_eos_token", 0, d));
+	if (v->tmpl)
+		CK_TRY(ck_ggw_kv_str(w, "tokenizer.chat_template", v->tmpl, v->tmpl_len, d));
+	return 0;
+}
+
+/* ===== driver ===== */
+
+/* The folder with the tokenizer: the model's, or for original/ its parent. */
+static void tokenizer_dir(const char *dir, char *buf, size_t cap)
+{
+	char probe[4096];
+	size_t n = strlen(dir);
+
+	snprintf(buf, cap, "%s", dir);
+	snprintf(probe, sizeof(probe), "%s/tokenizer.json", dir);
+	if (!access(probe, F_OK))
+		return;
+	while (n > 1 && dir[n - 1] == '/')
+		n--;
+	if (n >= 8 && !strncmp(dir + n - 8, "original", 8) && (n == 8 || dir[n - 9] == '/'))
+		snprintf(buf, cap, "%.*s.", (int)(n - 8), dir);	/* "a/original" -> "a/." */
+	if (n == 8)
+		snprintf(buf, cap, "..");
+}
+
+static int check_blocks(const struct conv *c, struct ck_diag *d)
+{
+	const struct hp *h = &c->hp;
+	uint64_t Q = (uint64_t)h->n_head * h->head_dim;
+	if ((c->o->experts == CK_GGML_MXFP4 || c->o->experts == CK_GGML_Q8_0) && (h->n_embd % 32 || h->n_ff % 32))
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': hidden_size %u or intermediate_size %u is not a multiple "
+			       "of 32 (the %s block)", ck_model_path(c->m), h->n_embd, h->n_ff,
+			       c->o->experts == CK_GGML_MXFP4 ? "MXFP4" : "Q8_0");
+	if (c->o->outtype == CK_GGML_Q8_0 && (h->n_embd % 32 || Q % 32))
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': hidden_size %u or heads*head_dim %" PRIu64 " is not a "
+			       "multiple of 32 (the Q8_0 block)", ck_model_path(c->m), h->n_embd, Q);
+	return 0;
+}
+
+int ck_togguf(const char *src, const char *dst, const struct ck_togguf_opts *o, struct ck_diag *d)
+{
+	struct conv c = { .o = o };
+	struct vocab v = { 0 };
+	struct otensor *ot = NULL;
+	struct stream s = { .c = &c };
+	struct ck_out *out = NULL;
+	struct ck_ggw *w = NULL;
+	const char **inputs = NULL;
+	char tokdir[4096], cfg[4200];
+	size_t nt = 0, ninputs = 0;
+	uint64_t maxf = 1u << 20;
+	int rc;
+
+	rc = ck_model_open(&c.m, src, d);
+	if (rc)
+		goto out;
+	if (ck_model_kind(c.m) == CK_MODEL_GGUF) {
+		rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': already a GGUF file", src);
+		goto out;
+	}
+	rc = load_hparams(ck_model_dir(c.m), &c.hp, d);
+	if (!rc)
+		rc = check_blocks(&c, d);
+	if (!rc)
+		rc = map_sources(&c, d);
+	if (rc)
+		goto out;
+	tokenizer_dir(ck_model_dir(c.m), tokdir, sizeof(tokdir));
+	snprintf(cfg, sizeof(cfg), "%s/config.json", ck_model_dir(c.m));
+	rc = load_vocab(tokdir, cfg, c.n_vocab, &v, d);
+	if (rc)
+		goto out;
+
+	ot = ck_calloc((size_t)c.hp.n_layer * R_LAYER_COUNT + 3, sizeof(*ot));
+	if (!ot) {
+		rc = ck_fail(d, CK_ENOMEM, "out of memory");
+		goto out;
+	}
+	nt = plan(&c, ot);
+	if (o->dry_run) {
+		char shp[96], tn[24], srcd[600];
+		for (size_t i = 0; i < nt; i++) {
+			describe_source(&c, &ot[i], srcd, sizeof(srcd));
+			fprintf(o->dry_run, "%s -> %s %s %s\n", srcd, ot[i].name,
+				ck_ggml_type_name(ot[i].type, tn, sizeof(tn)),
+				ck_shape_str(ot[i].shape, ot[i].ndim, shp, sizeof(shp)));
+		}
+		goto out;
+	}
+
+	/* Inputs are the model path and every shard: the output may be none of them. */
+	inputs = ck_calloc(ck_model_nfiles(c.m) + 1, sizeof(*inputs));
+	if (!inputs) {
+		rc = ck_fail(d, CK_ENOMEM, "out of memory");
+		goto out;
+	}
+	inputs[ninputs++] = src;
+	for (size_t i = 0; i < ck_model_nfiles(c.m); i++)
+		inputs[ninputs++] = ck_model_file(c.m, i);
+	rc = ck_out_begin(&out, CK_OUT_FILE, dst, o->force, inputs, ninputs, d);
+	if (!rc)
+		rc = ck_ggw_new(&w, out, 0, d);
+	if (!rc)
+		rc = add_kvs(&c, w, &v, d);
+	vocab_free(&v);		/* the writer holds copies */
+	for (size_t i = 0; !rc && i < nt; i++) {
+		struct ck_ggw_tensor gt = { .name = ot[i].name, .ggml_type = ot[i].type, .ndim = ot[i].ndim };
+		uint64_t per = ot[i].ndim == 3 ? ot[i].shape[1] * ot[i].shape[2] : 0;
+		memcpy(gt.shape, ot[i].shape, sizeof(ot[i].shape));
+		if (per > maxf)
+			maxf = per;
+		if (ot[i].ndim == 3 && ot[i].shape[1] * 2 * ot[i].shape[2] > maxf)
+			maxf = ot[i].shape[1] * 2 * ot[i].shape[2];
+		rc = ck_ggw_tensor(w, &gt, d);
+	}
+	if (rc)
+		goto out;
+	/* Buffers for one expert: f32 values, source rows, encoded bytes (f32 is the widest). */
+	s.w = w;
+	s.fcap = (size_t)maxf;
+	s.f = ck_mallocarray(s.fcap, sizeof(float));
+	s.tmp = ck_mallocarray(s.fcap, sizeof(float));
+	s.out = ck_mallocarray(s.fcap, sizeof(float));
+	if (!s.f || !s.tmp || !s.out) {
+		rc = ck_fail(d, CK_ENOMEM, "out of memory");
+		goto out;
+	}
+	rc = ck_ggw_begin(w, d);
+	for (size_t i = 0; !rc && i < nt; i++)
+		rc = write_tensor(&s, &ot[i], d);
+	if (!rc)
+		rc = ck_ggw_finish(w, d);
+	if (!rc) {
+		rc = ck_out_commit(out, d);
+		out = NULL;
+	}
+out:
+	ck_ggw_free(w);
+	ck_out_abort(out);
+	free(s.f);
+	free(s.tmp);
+	free(s.out);
+	free(inputs);
+	free(ot);
+	vocab_free(&v);
+	if (c.layers) {
+		for (uint32_t il = 0; il < c.hp.n_layer; il++)
+			for (int k = 0; k < 4; k++)
+				free(c.layers[il].pe[k]);
+		free(c.layers);
+	}
+	ck_model_free(c.m);
+	return rc;
+}
