@@ -679,6 +679,10 @@ static int per_expert(struct conv *c, struct layer *L, const struct ck_tensor *t
 			else
 				continue;
 			*hit = 1;
+			/* allocated on the first per-expert tensor of the layer */
+			for (int k = 0; k < 4; k++)
+				if (!L->pe[k] && !(L->pe[k] = ck_calloc(c->hp.n_expert, sizeof(void *))))
+					return ck_fail(d, CK_ENOMEM, "out of memory");
 			return set_slot(&L->pe[proj * 2 + bias][e], t, d);
 		}
 	return 0;
@@ -810,11 +814,8 @@ static int check_layer(struct conv *c, uint32_t il, struct ck_diag *d)
 	uint64_t QKV = ((uint64_t)h->n_head + 2ull * h->n_head_kv) * h->head_dim;
 	int mx = L->gu_blocks || L->gu_scales || L->dn_blocks || L->dn_scales;
 	int fl = L->gu_float || L->dn_float;
-	int pe = 0;
+	int pe = L->pe[0] != NULL;
 
-	for (uint32_t e = 0; e < E; e++)
-		for (int k = 0; k < 4; k++)
-			pe |= L->pe[k][e] != NULL;
 	if (mx + fl + pe > 1)
 		return ck_fail(d, CK_EINVAL, "'%s': layer %u mixes expert layouts (MXFP4, fused float, "
 			       "per-expert)", ck_model_path(c->m), il);
@@ -896,10 +897,6 @@ static int map_sources(struct conv *c, struct ck_diag *d)
 	c->layers = ck_calloc(h->n_layer + 1, sizeof(*c->layers));
 	if (!c->layers)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
-	for (uint32_t il = 0; il < h->n_layer; il++)
-		for (int k = 0; k < 4; k++)
-			if (!(c->layers[il].pe[k] = ck_calloc(h->n_expert, sizeof(void *))))
-				return ck_fail(d, CK_ENOMEM, "out of memory");
 	for (size_t i = 0; i < ck_model_count(c->m); i++)
 		CK_TRY(classify(c, ck_model_tensor(c->m, i), d));
 
@@ -1161,7 +1158,7 @@ static void describe_source(const struct conv *c, const struct otensor *t, char 
 			 r == R_GATE_W ? "even columns" : "odd columns");
 	} else if (L->dn_float && r == R_DOWN_W) {
 		snprintf(buf, cap, "%s (transposed)", L->dn_float->name);
-	} else if (L->pe[0][0]) {
+	} else if (L->pe[0]) {
 		int k = gu ? (r == R_GATE_W || r == R_UP_W ? 0 : 1) : (r == R_DOWN_W ? 2 : 3);
 		snprintf(buf, cap, "%s .. %s%s%s", L->pe[k][0]->name, L->pe[k][c->hp.n_expert - 1]->name,
 			 gu ? ", " : "", gu ? half : "");
