@@ -15,8 +15,11 @@
 #include "files.h"
 #include "gguf.h"
 #include "gguf_gptoss.h"
+#include "gptoss.h"
 #include "model.h"
 #include "output.h"
+#include "../quant/mxfp4.h"
+#include "../quant/q8_0.h"
 
 #define CONFIG_MAX (4u << 20)
 #define TOKENIZER_MAX (256u << 20)
@@ -534,86 +537,22 @@ enum role {
 	R_COUNT
 };
 
-/* GGUF names, in llama-quantize's order (bytewise inside a layer). */
-static const char *const role_name[R_COUNT] = {
-	"attn_k.bias", "attn_k.weight", "attn_norm.weight", "attn_output.bias", "attn_output.weight",
-	"attn_q.bias", "attn_q.weight", "attn_sinks.weight", "attn_v.bias", "attn_v.weight",
-	"ffn_down_exps.bias", "ffn_down_exps.weight", "ffn_gate_exps.bias", "ffn_gate_exps.weight",
-	"ffn_gate_inp.bias", "ffn_gate_inp.weight", "ffn_up_exps.bias", "ffn_up_exps.weight",
-	"post_attention_norm.weight",
-	"output.weight", "output_norm.weight", "token_embd.weight",
+/* The gptoss.h role of each GGUF tensor (its GGUF-flavor name is the one we write). */
+static const enum ck_gptoss_role gguf_role[R_COUNT] = {
+	CK_GO_K_BIAS, CK_GO_K, CK_GO_ATTN_NORM, CK_GO_O_BIAS, CK_GO_O,
+	CK_GO_Q_BIAS, CK_GO_Q, CK_GO_SINKS, CK_GO_V_BIAS, CK_GO_V,
+	CK_GO_DOWN_BIAS, CK_GO_DOWN, CK_GO_GATE_EXPS_BIAS, CK_GO_GATE_EXPS,
+	CK_GO_ROUTER_BIAS, CK_GO_ROUTER, CK_GO_UP_EXPS_BIAS, CK_GO_UP_EXPS,
+	CK_GO_POST_NORM,
+	CK_GO_LM_HEAD, CK_GO_NORM, CK_GO_EMBED,
 };
 
-/* What a source tensor is. */
-enum kind {
-	K_PLAIN = 1,		/* a float tensor that is one role */
-	K_QKV_W, K_QKV_B,	/* original: fused q|k|v rows */
-	K_GU_BLOCKS, K_GU_SCALES, K_DN_BLOCKS, K_DN_SCALES,	/* MXFP4 experts */
-	K_GU_BIAS,		/* [E, 2I], gate even / up odd */
-	K_GU_FLOAT, K_DN_FLOAT,	/* HF float experts [E, IN, OUT] */
-	K_PE_GU_W, K_PE_GU_B, K_PE_DN_W, K_PE_DN_B,	/* one expert's Linear */
-};
-
-struct rule {
-	const char *suffix;
-	enum kind kind;
-	int role;
-};
-
-/* After "model.layers.N." */
-static const struct rule hf_rules[] = {
-	{ "input_layernorm.weight", K_PLAIN, R_ATTN_NORM },
-	{ "post_attention_layernorm.weight", K_PLAIN, R_POST_NORM },
-	{ "self_attn.q_proj.weight", K_PLAIN, R_ATTN_Q_W },
-	{ "self_attn.q_proj.bias", K_PLAIN, R_ATTN_Q_B },
-	{ "self_attn.k_proj.weight", K_PLAIN, R_ATTN_K_W },
-	{ "self_attn.k_proj.bias", K_PLAIN, R_ATTN_K_B },
-	{ "self_attn.v_proj.weight", K_PLAIN, R_ATTN_V_W },
-	{ "self_attn.v_proj.bias", K_PLAIN, R_ATTN_V_B },
-	{ "self_attn.o_proj.weight", K_PLAIN, R_ATTN_O_W },
-	{ "self_attn.o_proj.bias", K_PLAIN, R_ATTN_O_B },
-	{ "self_attn.sinks", K_PLAIN, R_SINKS },
-	{ "mlp.router.weight", K_PLAIN, R_ROUTER_W },
-	{ "mlp.router.bias", K_PLAIN, R_ROUTER_B },
-	{ "mlp.router.linear.weight", K_PLAIN, R_ROUTER_W },	/* Unsloth */
-	{ "mlp.router.linear.bias", K_PLAIN, R_ROUTER_B },
-	{ "mlp.experts.gate_up_proj_blocks", K_GU_BLOCKS, -1 },
-	{ "mlp.experts.gate_up_proj_scales", K_GU_SCALES, -1 },
-	{ "mlp.experts.gate_up_proj_bias", K_GU_BIAS, -1 },
-	{ "mlp.experts.down_proj_blocks", K_DN_BLOCKS, -1 },
-	{ "mlp.experts.down_proj_scales", K_DN_SCALES, -1 },
-	{ "mlp.experts.down_proj_bias", K_PLAIN, R_DOWN_B },
-	{ "mlp.experts.gate_up_proj", K_GU_FLOAT, -1 },
-	{ "mlp.experts.down_proj", K_DN_FLOAT, -1 },
-};
-
-/* After "block.N." (original/). */
-static const struct rule orig_rules[] = {
-	{ "attn.norm.scale", K_PLAIN, R_ATTN_NORM },
-	{ "attn.qkv.weight", K_QKV_W, -1 },
-	{ "attn.qkv.bias", K_QKV_B, -1 },
-	{ "attn.sinks", K_PLAIN, R_SINKS },
-	{ "attn.out.weight", K_PLAIN, R_ATTN_O_W },
-	{ "attn.out.bias", K_PLAIN, R_ATTN_O_B },
-	{ "mlp.norm.scale", K_PLAIN, R_POST_NORM },
-	{ "mlp.gate.weight", K_PLAIN, R_ROUTER_W },
-	{ "mlp.gate.bias", K_PLAIN, R_ROUTER_B },
-	{ "mlp.mlp1_weight.blocks", K_GU_BLOCKS, -1 },
-	{ "mlp.mlp1_weight.scales", K_GU_SCALES, -1 },
-	{ "mlp.mlp1_bias", K_GU_BIAS, -1 },
-	{ "mlp.mlp2_weight.blocks", K_DN_BLOCKS, -1 },
-	{ "mlp.mlp2_weight.scales", K_DN_SCALES, -1 },
-	{ "mlp.mlp2_bias", K_PLAIN, R_DOWN_B },
-};
-
-static const struct rule global_rules[] = {
-	{ "model.embed_tokens.weight", K_PLAIN, R_EMBED },
-	{ "model.norm.weight", K_PLAIN, R_OUTPUT_NORM },
-	{ "lm_head.weight", K_PLAIN, R_OUTPUT },
-	{ "embedding.weight", K_PLAIN, R_EMBED },
-	{ "norm.scale", K_PLAIN, R_OUTPUT_NORM },
-	{ "unembedding.weight", K_PLAIN, R_OUTPUT },
-};
+/* "blk.3.attn_q.weight" for role r of layer il (il = n_layer: no layer). */
+static void gguf_name(int r, uint32_t il, char *buf, size_t cap)
+{
+	if (ck_gptoss_name(gguf_role[r], CK_GPTOSS_GGUF, il, -1, buf, cap))
+		snprintf(buf, cap, "?");
+}
 
 /* The sources of one layer (or, for layer index n_layer, of the non-layer tensors). */
 struct layer {
@@ -625,28 +564,12 @@ struct layer {
 
 struct conv {
 	const struct ck_togguf_opts *o;
+	struct ck_mx_rule rule;		/* for float experts quantized to MXFP4 */
 	struct hp hp;
 	struct ck_model *m;
 	struct layer *layers;	/* n_layer + 1: the last holds the non-layer tensors */
 	uint64_t n_vocab;
 };
-
-/* Parse a decimal index at *p (no sign, no leading zeros beyond "0"), advance past it. */
-static int parse_index(const char **p, uint32_t max, uint32_t *out)
-{
-	const char *s = *p;
-	uint64_t v = 0;
-	if (*s < '0' || *s > '9' || (s[0] == '0' && s[1] >= '0' && s[1] <= '9'))
-		return -1;
-	while (*s >= '0' && *s <= '9') {
-		v = v * 10 + (uint64_t)(*s++ - '0');
-		if (v >= max)
-			return -1;
-	}
-	*p = s;
-	*out = (uint32_t)v;
-	return 0;
-}
 
 static int set_slot(const struct ck_tensor **slot, const struct ck_tensor *t, struct ck_diag *d)
 {
@@ -657,85 +580,66 @@ static int set_slot(const struct ck_tensor **slot, const struct ck_tensor *t, st
 	return 0;
 }
 
-/* Per-expert names after "mlp.experts.": gate_up_projs.E.x, gate_up_proj.weights.E.x (x = weight|bias). */
-static int per_expert(struct conv *c, struct layer *L, const struct ck_tensor *t, const char *s, int *hit,
-		      struct ck_diag *d)
+/* Slot k (gate_up w, b, down w, b) of expert e: the tables are made on first use. */
+static int pe_slot(struct conv *c, struct layer *L, int k, int64_t e, const struct ck_tensor *t,
+		   struct ck_diag *d)
 {
-	static const char *const forms[][2] = {
-		{ "gate_up_projs.", "down_projs." }, { "gate_up_proj.weights.", "down_proj.weights." },
-	};
-	for (size_t f = 0; f < CK_ARRAY_SIZE(forms); f++)
-		for (int proj = 0; proj < 2; proj++) {
-			size_t n = strlen(forms[f][proj]);
-			const char *p = s + n;
-			uint32_t e;
-			int bias;
-			if (strncmp(s, forms[f][proj], n) || parse_index(&p, c->hp.n_expert, &e))
-				continue;
-			if (!strcmp(p, ".weight"))
-				bias = 0;
-			else if (!strcmp(p, ".bias"))
-				bias = 1;
-			else
-				continue;
-			*hit = 1;
-			/* allocated on the first per-expert tensor of the layer */
-			for (int k = 0; k < 4; k++)
-				if (!L->pe[k] && !(L->pe[k] = ck_calloc(c->hp.n_expert, sizeof(void *))))
-					return ck_fail(d, CK_ENOMEM, "out of memory");
-			return set_slot(&L->pe[proj * 2 + bias][e], t, d);
-		}
-	return 0;
+	for (int i = 0; i < 4; i++)
+		if (!L->pe[i] && !(L->pe[i] = ck_calloc(c->hp.n_expert, sizeof(void *))))
+			return ck_fail(d, CK_ENOMEM, "out of memory");
+	return set_slot(&L->pe[k][e], t, d);
 }
 
+/* Put source tensor t where it belongs, by its name in the gpt-oss table (gptoss.h). */
 static int classify(struct conv *c, const struct ck_tensor *t, struct ck_diag *d)
 {
-	const char *name = t->name, *s = NULL;
-	const struct rule *rules = hf_rules;
-	size_t nrules = CK_ARRAY_SIZE(hf_rules);
-	struct layer *L = &c->layers[c->hp.n_layer];
-	uint32_t il;
+	struct ck_gptoss_name n;
+	struct layer *L;
+	int per_layer;
 
-	for (size_t i = 0; i < CK_ARRAY_SIZE(global_rules); i++)
-		if (!strcmp(name, global_rules[i].suffix))
-			return set_slot(&L->plain[global_rules[i].role], t, d);
-	if (!strncmp(name, "model.layers.", 13)) {
-		s = name + 13;
-	} else if (!strncmp(name, "block.", 6)) {
-		s = name + 6;
-		rules = orig_rules;
-		nrules = CK_ARRAY_SIZE(orig_rules);
+	if (ck_gptoss_parse(t->name, &n) || n.flavor == CK_GPTOSS_GGUF)
+		goto unmapped;
+	per_layer = (ck_gptoss_role(n.role)->flags & CK_GO_F_LAYER) != 0;
+	if (per_layer != (n.layer >= 0) || n.layer >= (int64_t)c->hp.n_layer ||
+	    n.expert >= (int64_t)c->hp.n_expert)
+		goto unmapped;
+	L = &c->layers[n.layer >= 0 ? (uint32_t)n.layer : c->hp.n_layer];
+	switch (n.role) {
+	case CK_GO_EMBED: return set_slot(&L->plain[R_EMBED], t, d);
+	case CK_GO_NORM: return set_slot(&L->plain[R_OUTPUT_NORM], t, d);
+	case CK_GO_LM_HEAD: return set_slot(&L->plain[R_OUTPUT], t, d);
+	case CK_GO_ATTN_NORM: return set_slot(&L->plain[R_ATTN_NORM], t, d);
+	case CK_GO_POST_NORM: return set_slot(&L->plain[R_POST_NORM], t, d);
+	case CK_GO_Q: return set_slot(&L->plain[R_ATTN_Q_W], t, d);
+	case CK_GO_Q_BIAS: return set_slot(&L->plain[R_ATTN_Q_B], t, d);
+	case CK_GO_K: return set_slot(&L->plain[R_ATTN_K_W], t, d);
+	case CK_GO_K_BIAS: return set_slot(&L->plain[R_ATTN_K_B], t, d);
+	case CK_GO_V: return set_slot(&L->plain[R_ATTN_V_W], t, d);
+	case CK_GO_V_BIAS: return set_slot(&L->plain[R_ATTN_V_B], t, d);
+	case CK_GO_QKV: return set_slot(&L->qkv_w, t, d);
+	case CK_GO_QKV_BIAS: return set_slot(&L->qkv_b, t, d);
+	case CK_GO_O: return set_slot(&L->plain[R_ATTN_O_W], t, d);
+	case CK_GO_O_BIAS: return set_slot(&L->plain[R_ATTN_O_B], t, d);
+	case CK_GO_SINKS: return set_slot(&L->plain[R_SINKS], t, d);
+	case CK_GO_ROUTER: return set_slot(&L->plain[R_ROUTER_W], t, d);
+	case CK_GO_ROUTER_BIAS: return set_slot(&L->plain[R_ROUTER_B], t, d);
+	case CK_GO_GATE_UP: return set_slot(&L->gu_float, t, d);
+	case CK_GO_GATE_UP_BLOCKS: return set_slot(&L->gu_blocks, t, d);
+	case CK_GO_GATE_UP_SCALES: return set_slot(&L->gu_scales, t, d);
+	case CK_GO_GATE_UP_BIAS:
+		return n.expert >= 0 ? pe_slot(c, L, 1, n.expert, t, d) : set_slot(&L->gu_bias, t, d);
+	case CK_GO_GATE_UP_W: return pe_slot(c, L, 0, n.expert, t, d);
+	case CK_GO_DOWN: return set_slot(&L->dn_float, t, d);
+	case CK_GO_DOWN_BLOCKS: return set_slot(&L->dn_blocks, t, d);
+	case CK_GO_DOWN_SCALES: return set_slot(&L->dn_scales, t, d);
+	case CK_GO_DOWN_BIAS:
+		return n.expert >= 0 ? pe_slot(c, L, 3, n.expert, t, d) : set_slot(&L->plain[R_DOWN_B], t, d);
+	case CK_GO_DOWN_W: return pe_slot(c, L, 2, n.expert, t, d);
+	default: break;
 	}
-	if (s && !parse_index(&s, c->hp.n_layer, &il) && *s == '.') {
-		s++;
-		L = &c->layers[il];
-		for (size_t i = 0; i < nrules; i++) {
-			const struct rule *r = &rules[i];
-			if (strcmp(s, r->suffix))
-				continue;
-			switch (r->kind) {
-			case K_PLAIN: return set_slot(&L->plain[r->role], t, d);
-			case K_QKV_W: return set_slot(&L->qkv_w, t, d);
-			case K_QKV_B: return set_slot(&L->qkv_b, t, d);
-			case K_GU_BLOCKS: return set_slot(&L->gu_blocks, t, d);
-			case K_GU_SCALES: return set_slot(&L->gu_scales, t, d);
-			case K_DN_BLOCKS: return set_slot(&L->dn_blocks, t, d);
-			case K_DN_SCALES: return set_slot(&L->dn_scales, t, d);
-			case K_GU_BIAS: return set_slot(&L->gu_bias, t, d);
-			case K_GU_FLOAT: return set_slot(&L->gu_float, t, d);
-			case K_DN_FLOAT: return set_slot(&L->dn_float, t, d);
-			default: break;
-			}
-		}
-		if (rules == hf_rules && !strncmp(s, "mlp.experts.", 12)) {
-			int hit = 0;
-			CK_TRY(per_expert(c, L, t, s + 12, &hit, d));
-			if (hit)
-				return 0;
-		}
-	}
+unmapped:
 	return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s' maps to no GGUF tensor of gpt-oss",
-		       ck_model_path(c->m), name);
+		       ck_model_path(c->m), t->name);
 }
 
 /* ===== shape checks ===== */
@@ -789,20 +693,11 @@ static int role_shape(const struct conv *c, int r, uint64_t *shape)
 	}
 }
 
-static const char *layer_label(const struct conv *c, uint32_t il, char *buf, size_t cap)
-{
-	if (il == c->hp.n_layer)
-		snprintf(buf, cap, "%s", "");
-	else
-		snprintf(buf, cap, "blk.%u.", il);
-	return buf;
-}
-
 static int missing(const struct conv *c, uint32_t il, int r, struct ck_diag *d)
 {
-	char pre[32];
-	return ck_fail(d, CK_EINVAL, "'%s': no source tensor for %s%s", ck_model_path(c->m),
-		       layer_label(c, il, pre, sizeof(pre)), role_name[r]);
+	char name[64];
+	gguf_name(r, il, name, sizeof(name));
+	return ck_fail(d, CK_EINVAL, "'%s': no source tensor for %s", ck_model_path(c->m), name);
 }
 
 /* Check one layer's sources are complete, of one expert form, with the right shapes. */
@@ -926,124 +821,12 @@ static int map_sources(struct conv *c, struct ck_diag *d)
 
 /* ===== block encoders ===== */
 
-/* OpenAI pairs order (element 2j low nibble) -> ggml split halves (k low, k+16 high). */
-void ck_mxfp4_to_ggml_qs(const uint8_t src[16], uint8_t qs[16])
+/* ggml refuses an MXFP4 scale of 255 (E8M0 NaN); so do we, naming where it is. */
+static int bad_scale(const struct conv *c, const struct ck_tensor *scl, uint64_t row, uint64_t g,
+		     struct ck_diag *d)
 {
-	uint8_t e[32];
-	for (int j = 0; j < 16; j++) {
-		e[2 * j] = src[j] & 15;
-		e[2 * j + 1] = src[j] >> 4;
-	}
-	for (int k = 0; k < 16; k++)
-		qs[k] = (uint8_t)(e[k] | e[k + 16] << 4);
-}
-
-static const float fp4_value[16] = {
-	0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f,
-	-0.0f, -0.5f, -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f,
-};
-
-static float f32_from_bits(uint32_t u)
-{
-	float f;
-	memcpy(&f, &u, 4);
-	return f;
-}
-
-static uint32_t bits_of(float f)
-{
-	uint32_t u;
-	memcpy(&u, &f, 4);
-	return u;
-}
-
-/* |y| to the nearest E2M1 code, ties to the even code, saturating at 6. */
-static uint8_t e2m1_rtne(float a)
-{
-	if (a <= 0.25f) return 0;
-	if (a < 0.75f) return 1;
-	if (a <= 1.25f) return 2;
-	if (a < 1.75f) return 3;
-	if (a <= 2.5f) return 4;
-	if (a < 3.5f) return 5;
-	if (a <= 5.0f) return 6;
-	return 7;
-}
-
-/* One block of 32 floats into a ggml MXFP4 block (17 bytes) with the OpenAI rule. */
-static void mxfp4_openai(const float *x, uint8_t *out)
-{
-	float amax = 0.0f, q;
-	uint32_t b;
-	uint8_t code[32];
-
-	for (int k = 0; k < 32; k++)
-		amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
-	/* scale = the power of two at or above amax/6 (round the quotient's exponent up) */
-	b = (bits_of(amax / 6.0f) + 0x7FFFFFu) & 0x7F800000u;
-	q = b ? 1.0f / f32_from_bits(b) : 0.0f;
-	for (int k = 0; k < 32; k++) {
-		float y = x[k] * q;
-		code[k] = (uint8_t)(e2m1_rtne(fabsf(y)) | (signbit(y) ? 8 : 0));
-	}
-	out[0] = (uint8_t)(b >> 23);
-	for (int k = 0; k < 16; k++)
-		out[1 + k] = (uint8_t)(code[k] | code[k + 16] << 4);
-}
-
-static const int8_t kvalues_mxfp4[16] = { 0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12 };
-
-/* ggml's GGML_E8M0_TO_FP32_HALF: 2^(e-128), with e < 2 as subnormals. */
-static float e8m0_half(uint8_t e)
-{
-	return f32_from_bits(e < 2 ? 0x00200000u << e : (uint32_t)(e - 1) << 23);
-}
-
-/* One block with ggml's quantize_row_mxfp4_ref. */
-static void mxfp4_ggml(const float *x, uint8_t *out)
-{
-	float amax = 0.0f, dd;
-	uint8_t e = 0;
-
-	for (int k = 0; k < 32; k++)
-		if (amax < fabsf(x[k]))
-			amax = fabsf(x[k]);
-	if (amax > 0.0f)
-		e = (uint8_t)(int32_t)(floorf(log2f(amax)) - 2 + 127);	/* wraps like ggml's cast */
-	dd = e8m0_half(e);
-	out[0] = e;
-	for (int k = 0; k < 16; k++) {
-		uint8_t idx[2];
-		for (int h = 0; h < 2; h++) {
-			float v = x[k + 16 * h], best = fabsf((float)kvalues_mxfp4[0] * dd - v);
-			idx[h] = 0;
-			for (uint8_t i = 1; i < 16; i++) {
-				float err = fabsf((float)kvalues_mxfp4[i] * dd - v);
-				if (err < best) {
-					best = err;
-					idx[h] = i;
-				}
-			}
-		}
-		out[1 + k] = (uint8_t)(idx[0] | idx[1] << 4);
-	}
-}
-
-/* ggml's quantize_row_q8_0_ref: d = amax/127 as fp16, q = roundf(x/d) with the f32 d. */
-static void q8_0_block(const float *x, uint8_t *out)
-{
-	float amax = 0.0f, dd, id;
-	uint16_t h;
-
-	for (int k = 0; k < 32; k++)
-		amax = fabsf(x[k]) > amax ? fabsf(x[k]) : amax;
-	dd = amax / 127.0f;
-	id = dd != 0.0f ? 1.0f / dd : 0.0f;
-	h = ck_f32_to_f16(dd);
-	out[0] = (uint8_t)h;
-	out[1] = (uint8_t)(h >> 8);
-	for (int k = 0; k < 32; k++)
-		out[2 + k] = (uint8_t)(int8_t)roundf(x[k] * id);
+	return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': scale byte 255 (NaN) at row %" PRIu64 ", block %" PRIu64,
+		       ck_model_path(c->m), scl->name, row, g);
 }
 
 /* Bytes of a row of n elements of ggml type ty (n a multiple of the block). */
@@ -1069,20 +852,19 @@ static int encode_rows(const struct conv *c, uint32_t ty, const float *x, uint64
 		ck_f32_to_bf16_n(x, (uint16_t *)(void *)out, (size_t)total);
 		return 0;
 	case CK_GGML_Q8_0:
-		for (uint64_t b = 0; b < total / 32; b++)
-			q8_0_block(x + b * 32, out + b * 34);
+		for (uint64_t b = 0; b < total / CK_Q8_0_BLOCK; b++)
+			ck_q8_0_block(x + b * CK_Q8_0_BLOCK, out + b * CK_Q8_0_BYTES);
 		return 0;
 	case CK_GGML_MXFP4:
-		for (uint64_t b = 0; b < total / 32; b++) {
-			for (int k = 0; k < 32; k++)
-				if (!isfinite(x[b * 32 + k]))
-					return ck_fail(d, CK_EINVAL, "'%s': %s: NaN or Inf at element %" PRIu64
-						       ", cannot quantize to MXFP4", ck_model_path(c->m), what,
-						       b * 32 + (uint64_t)k);
-			if (c->o->mxfp4_rule == CK_MXFP4_GGML)
-				mxfp4_ggml(x + b * 32, out + b * 17);
-			else
-				mxfp4_openai(x + b * 32, out + b * 17);
+		/* quant-mxfp4's block rule, then ggml's block_mxfp4 = { scale, split-halves qs } */
+		for (uint64_t b = 0; b < total / CK_MX_BLOCK; b++) {
+			uint8_t pairs[CK_MX_BLOCK_BYTES], *o = out + b * 17;
+			int bad = ck_mx_encode_block(x + b * CK_MX_BLOCK, c->rule, pairs, o);
+			if (bad)
+				return ck_fail(d, CK_EINVAL, "'%s': %s: NaN or Inf at element %" PRIu64
+					       ", cannot quantize to MXFP4", ck_model_path(c->m), what,
+					       b * CK_MX_BLOCK + (uint64_t)(bad - 1));
+			ck_mx_pairs_to_ggml(pairs, o + 1);
 		}
 		return 0;
 	default:
@@ -1122,9 +904,7 @@ static size_t plan(const struct conv *c, struct otensor *ot)
 		int lo = il == c->hp.n_layer ? R_OUTPUT : 0, hi = il == c->hp.n_layer ? R_COUNT : R_LAYER_COUNT;
 		for (int r = lo; r < hi; r++) {
 			struct otensor *t = &ot[n++];
-			char pre[32];
-			snprintf(t->name, sizeof(t->name), "%s%s", layer_label(c, il, pre, sizeof(pre)),
-				 role_name[r]);
+			gguf_name(r, il, t->name, sizeof(t->name));
 			t->role = r;
 			t->layer = il;
 			t->type = role_type(c, r);
@@ -1221,17 +1001,18 @@ static int write_gu_bias(struct stream *s, const struct ck_tensor *t, int odd, s
 	return 0;
 }
 
-/* Dequantize OpenAI MXFP4 rows: blocks [.., G, 16] + scales [.., G] -> f32 [G*32]. */
-static void mxfp4_row_f32(const uint8_t *blk, const uint8_t *scl, uint64_t G, float *dst)
+/* Dequantize one OpenAI MXFP4 row (G blocks) to f32; CK_EINVAL on the NaN scale 255. */
+static int mxfp4_row_f32(const struct conv *c, const struct ck_tensor *scl, uint64_t row, const uint8_t *blk,
+			 const uint8_t *sc, uint64_t G, float *dst, struct ck_diag *d)
 {
+	uint16_t bf[CK_MX_BLOCK];
 	for (uint64_t g = 0; g < G; g++) {
-		int ex = (int)scl[g] - 127;
-		for (int j = 0; j < 16; j++) {
-			uint8_t b = blk[g * 16 + (uint64_t)j];
-			dst[g * 32 + (uint64_t)(2 * j)] = ldexpf(fp4_value[b & 15], ex);
-			dst[g * 32 + (uint64_t)(2 * j + 1)] = ldexpf(fp4_value[b >> 4], ex);
-		}
+		if (sc[g] == CK_MX_SCALE_NAN)
+			return bad_scale(c, scl, row, g, d);
+		ck_mx_decode_block(blk + g * CK_MX_BLOCK_BYTES, sc[g], bf);
+		ck_bf16_to_f32_n(bf, dst + g * CK_MX_BLOCK, CK_MX_BLOCK);
 	}
+	return 0;
 }
 
 /*
@@ -1257,8 +1038,10 @@ static int write_experts(struct stream *s, const struct otensor *ot, struct ck_d
 				const uint8_t *b = blk->data + sr * G * 16, *sc = scl->data + sr * G;
 				uint8_t *o = s->out + r * G * 17;
 				for (uint64_t g = 0; g < G; g++) {
+					if (sc[g] == CK_MX_SCALE_NAN)
+						return bad_scale(c, scl, sr, g, d);
 					o[g * 17] = sc[g];
-					ck_mxfp4_to_ggml_qs(b + g * 16, o + g * 17 + 1);
+					ck_mx_pairs_to_ggml(b + g * CK_MX_BLOCK_BYTES, o + g * 17 + 1);
 				}
 			}
 			CK_TRY(ck_ggw_write(s->w, s->out, (size_t)(rows * G * 17), d));
@@ -1267,7 +1050,8 @@ static int write_experts(struct stream *s, const struct otensor *ot, struct ck_d
 		if (blk) {
 			for (uint64_t r = 0; r < rows; r++) {
 				uint64_t sr = e * src_rows + r * step + off;
-				mxfp4_row_f32(blk->data + sr * G * 16, scl->data + sr * G, G, s->f + r * cols);
+				CK_TRY(mxfp4_row_f32(c, scl, sr, blk->data + sr * G * 16, scl->data + sr * G, G,
+						     s->f + r * cols, d));
 			}
 		} else if (flt) {
 			/* HF float experts are [E, IN, OUT]: transpose, taking every step-th column. */
@@ -1435,7 +1219,7 @@ static int check_blocks(const struct conv *c, struct ck_diag *d)
 
 int ck_togguf(const char *src, const char *dst, const struct ck_togguf_opts *o, struct ck_diag *d)
 {
-	struct conv c = { .o = o };
+	struct conv c = { .o = o, .rule = CK_MX_RULE_DEFAULT };
 	struct vocab v = { 0 };
 	struct otensor *ot = NULL;
 	struct stream s = { .c = &c };
@@ -1447,6 +1231,8 @@ int ck_togguf(const char *src, const char *dst, const struct ck_togguf_opts *o, 
 	uint64_t maxf = 1u << 20;
 	int rc;
 
+	if (o->mxfp4_rule == CK_MXFP4_GGML)
+		c.rule = (struct ck_mx_rule){ CK_MX_SCALE_OCP, CK_MX_ROUND_GGML };
 	rc = ck_model_open(&c.m, src, d);
 	if (rc)
 		goto out;

@@ -52,10 +52,4 @@ struct ck_togguf_opts {
  */
 int ck_togguf(const char *src, const char *dst, const struct ck_togguf_opts *o, struct ck_diag *d);
 
-/*
- * One 32-element block of OpenAI MXFP4 (16 bytes, element 2j in the low
- * nibble of byte j) into ggml's qs[16] (element k low, k+16 high).
- */
-void ck_mxfp4_to_ggml_qs(const uint8_t src[16], uint8_t qs[16]);
-
 #endif

@@ -517,20 +517,3 @@ def test_real_tokenizer_kvs(tmp_path):
     assert llm.tokenize(s, add_bos=False, special=True) == [199998, 200006, 200008, 13225, 5922, 200007, 199999]
     llm.close()
 
-
-def bad_rows():
-    from conftest import BAD
-    p = BAD / "togguf.tsv"
-    return [l.split("\t") for l in p.read_text().splitlines() if l.strip() and not l.startswith("#")]
-
-
-@pytest.mark.parametrize("row", bad_rows(), ids=lambda r: r[0].split()[1].rsplit("/", 1)[-1])
-def test_bad_inputs(tmp_path, row):
-    """tests/bad/togguf.tsv: one-line error with the needle, the exit code, no output left."""
-    from conftest import BAD, assert_one_line_error
-    argv, code, needle = row
-    out = tmp_path / "out.gguf"
-    args = [a.replace("{BAD}", str(BAD)).replace("{OUT}", str(out)) for a in argv.split()]
-    r = run(*args)
-    assert_one_line_error(r, int(code), needle)
-    assert not out.exists() and not leftovers(tmp_path)
