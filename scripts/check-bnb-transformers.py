@@ -112,6 +112,24 @@ def main():
                 print(line)
             if not dq and not same:
                 ok = False
+    # dequant-nf4 of the Unsloth per-expert fixture -> transformers' fused layout, loaded by
+    # transformers; compared with a model holding bnb's own dequantization of every group
+    import shutil
+    fix = ROOT / "tests" / "fixtures" / "bnb"
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = pathlib.Path(tmp)
+        subprocess.run([str(CKPT), "dequant-nf4", str(fix / "tiny-gpt-oss-unsloth-bnb4"),
+                        str(tmp / "hf")], check=True)
+        (tmp / "ref").mkdir()
+        shutil.copy(fix / "tiny-gpt-oss-unsloth-ref.safetensors", tmp / "ref" / "model.safetensors")
+        shutil.copy(TINY / "config.json", tmp / "ref" / "config.json")
+        a = AutoModelForCausalLM.from_pretrained(tmp / "hf", device_map="cpu")
+        b = AutoModelForCausalLM.from_pretrained(tmp / "ref", device_map="cpu")
+        la, lb = logits(a), logits(b)
+        same = torch.equal(la, lb)
+        print(f"unsloth per-expert NF4 -> dequant-nf4 --layout hf: transformers loaded it; logits "
+              f"{'IDENTICAL' if same else 'DIFFER'} to bnb's dequantization in the fused layout")
+        ok &= same
     return 0 if ok else 1
 
 

@@ -140,13 +140,13 @@ def main():
         ("nf4-bs64-dq-bf16", randn(130, 200), "nf4", 64, True),     # 407 blocks, 2 nested runs
         ("nf4-bs128-bf16-odd", z, "nf4", 128, False),
         ("nf4-bs64-bf16-odd-zero", z, "nf4", 64, False),
-        ("nf4-bs128-dq-f16", randn(64, 300, dtype=torch.float16), "nf4", 128, True),
+        ("nf4-bs128-dq-f16", randn(48, 200, dtype=torch.float16), "nf4", 128, True),
         ("fp4-bs64-bf16", randn(24, 64), "fp4", 64, False),
         ("fp4-bs128-dq-bf16-odd", randn(101, 333), "fp4", 128, True),
         ("fp4-bs64-bf16-odd-zero", z, "fp4", 64, False),
         ("nf4-bs64-f32-mid", midpoints_f32("nf4"), "nf4", 64, False),
         ("fp4-bs64-f32-mid", midpoints_f32("fp4"), "fp4", 64, False),
-        ("nf4-bs256-dq-f32", randn(40, 1000, dtype=torch.float32), "nf4", 256, True),
+        ("nf4-bs256-dq-f32", randn(17, 999, dtype=torch.float32), "nf4", 256, True),
     ]
     for name, src, qt, bs, nested in cases:
         make_case(name, src, qt, bs, nested)
@@ -156,9 +156,89 @@ def main():
                 f"numpy {np.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}\n")
 
 
-if __name__ == "__main__" and "--bad-only" not in sys.argv:
-    main()
-    make_bad()
+TINY = OUT.parent / "tiny-gpt-oss"
+
+
+def copy_aux(dst):
+    import shutil
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(TINY / f, dst / f)
+
+
+def make_tiny_standard():
+    """transformers + bitsandbytes' own 4-bit save of the tiny gpt-oss (NF4, double quant)."""
+    import shutil
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    dst = OUT / "tiny-gpt-oss-bnb-nf4"
+    shutil.rmtree(dst, ignore_errors=True)
+    cfg = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                             bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    m = AutoModelForCausalLM.from_pretrained(TINY, quantization_config=cfg, dtype=torch.bfloat16,
+                                             device_map="cpu")
+    m.save_pretrained(dst)
+    copy_aux(dst)
+
+
+def make_tiny_unsloth():
+    """Unsloth's gpt-oss bnb-4bit layout (spec 5) of the tiny gpt-oss, quantized by bitsandbytes:
+    per-expert NF4 Linears gate_up_projs.E [2I, H] / down_projs.E [H, I] (double quant,
+    blocksize 64), BF16 per-expert biases, NF4 q/k/v/o, router as mlp.router.linear (BF16).
+    The reference (tiny-gpt-oss-unsloth-ref.safetensors) is bnb's dequantize_4bit of every
+    group, in transformers' fused layout: gate_up_proj[E] = dequant(gate_up_projs.E).T."""
+    import shutil
+    from safetensors import safe_open
+    src = {}
+    for f in sorted(TINY.glob("*.safetensors")):
+        with safe_open(str(f), "pt") as h:
+            for k in h.keys():
+                src[k] = h.get_tensor(k)
+    dst = OUT / "tiny-gpt-oss-unsloth-bnb4"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir()
+    out, ref = {}, {}
+
+    def quant(module, w):
+        packed, st = F.quantize_4bit(w.contiguous(), blocksize=64, compress_statistics=True,
+                                     quant_type="nf4")
+        out[module + ".weight"] = packed
+        for k, v in st.as_dict(packed=True).items():
+            out[module + ".weight." + k] = v
+        return F.dequantize_4bit(packed, st)            # bnb's own dequant, dtype bf16
+
+    for k, v in src.items():
+        if k.endswith("mlp.experts.gate_up_proj") or k.endswith("mlp.experts.down_proj"):
+            pre, proj = k.rsplit(".", 1)
+            dq = []
+            for e in range(v.shape[0]):
+                dq.append(quant(f"{pre}.{proj}s.{e}", v[e].t()).t())
+            ref[k] = torch.stack(dq).contiguous()
+        elif k.endswith("_bias") and ".mlp.experts." in k:
+            pre, proj = k.rsplit(".", 1)
+            for e in range(v.shape[0]):
+                out[f"{pre}.{proj[:-5]}s.{e}.bias"] = v[e].clone()
+            ref[k] = v
+        elif ".mlp.router." in k:
+            out[k.replace(".mlp.router.", ".mlp.router.linear.")] = v
+            ref[k] = v
+        elif k.endswith("_proj.weight") and ".self_attn." in k:
+            ref[k] = quant(k[: -len(".weight")], v)
+        else:
+            out[k] = v
+            ref[k] = v
+    save_file({k: v.contiguous() for k, v in out.items()}, dst / "model.safetensors",
+              metadata={"format": "pt"})
+    cfg = json.loads((TINY / "config.json").read_text())
+    cfg["quantization_config"] = {
+        "bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": True, "llm_int8_enable_fp32_cpu_offload": False,
+        "llm_int8_has_fp16_weight": False, "llm_int8_skip_modules": None,
+        "llm_int8_threshold": 6.0, "load_in_4bit": True, "load_in_8bit": False,
+        "quant_method": "bitsandbytes"}
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    copy_aux(dst)
+    save_file({k: v.contiguous() for k, v in ref.items()},
+              OUT / "tiny-gpt-oss-unsloth-ref.safetensors", metadata={"format": "pt"})
+
 
 
 def make_bad():
@@ -204,5 +284,12 @@ def make_bad():
         np_save(d, str(bad / f"bnb-{name}.safetensors"))
 
 
-if __name__ == "__main__" and "--bad-only" in sys.argv:
-    make_bad()
+if __name__ == "__main__":
+    if "--bad-only" in sys.argv:
+        make_bad()
+    else:
+        if "--tiny-only" not in sys.argv:
+            main()
+            make_bad()
+        make_tiny_standard()
+        make_tiny_unsloth()

@@ -161,3 +161,115 @@ def test_quant_then_dequant_roundtrip_is_exact(tmp_path):
     got = load_file(str(out))
     np.testing.assert_array_equal(got["w.weight"], d["w.weight"])
     np.testing.assert_array_equal(bits(got["w.weight.absmax"]), bits(d["w.weight.absmax"]))
+
+
+# ---- the tiny gpt-oss in both bnb layouts --------------------------------------------------
+
+UNSLOTH = FIX / "tiny-gpt-oss-unsloth-bnb4"
+STANDARD = FIX / "tiny-gpt-oss-bnb-nf4"
+TINY = FIXTURES / "tiny-gpt-oss"
+
+
+def folder(path):
+    from safetensors import safe_open
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(str(f), "numpy") as h:
+            for k in h.keys():
+                out[k] = h.get_tensor(k)
+    return out
+
+
+def test_unsloth_layout_dequant_to_hf(tmp_path):
+    out = tmp_path / "hf"
+    r = run("dequant-nf4", UNSLOTH, out)
+    assert r.code == 0, r
+    got, ref = folder(out), load_file(str(FIX / "tiny-gpt-oss-unsloth-ref.safetensors"))
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
+        np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
+    cfg = json.loads((out / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    assert cfg["swiglu_limit"] == 7.0 and "7.0" in (out / "config.json").read_text()
+    assert (out / "tokenizer.json").read_bytes() == (UNSLOTH / "tokenizer.json").read_bytes()
+    # the tensors that were never quantized are the original BF16 model's
+    src = folder(TINY)
+    for k in ("model.embed_tokens.weight", "model.layers.1.mlp.experts.down_proj_bias",
+              "model.layers.0.mlp.router.weight", "model.layers.1.self_attn.sinks"):
+        np.testing.assert_array_equal(bits(got[k]), bits(src[k]))
+
+
+def test_unsloth_layout_keep(tmp_path):
+    out = tmp_path / "keep.safetensors"
+    assert run("dequant-nf4", "--layout", "keep", "--dtype", "f32", UNSLOTH, out).code == 0
+    got, ref = load_file(str(out)), load_file(str(FIX / "tiny-gpt-oss-unsloth-ref.safetensors"))
+    for e in range(4):
+        w = got[f"model.layers.1.mlp.experts.gate_up_projs.{e}.weight"]
+        assert w.dtype == np.float32 and w.shape == (128, 64)
+        # bnb's BF16 output is the float32 product rounded once: so is ours, via ml_dtypes
+        want = ref["model.layers.1.mlp.experts.gate_up_proj"][e].T
+        np.testing.assert_array_equal(bits(w.astype(BF16)), bits(want))
+        assert f"model.layers.1.mlp.experts.down_projs.{e}.bias" in got
+    assert "model.layers.0.mlp.router.linear.weight" in got
+
+
+def test_standard_layout_dequant(tmp_path):
+    out = tmp_path / "std.safetensors"
+    assert run("dequant-nf4", STANDARD, out).code == 0
+    got, ref = load_file(str(out)), load_file(str(FIX / "tiny-gpt-oss-unsloth-ref.safetensors"))
+    # the same bnb quantize_4bit of the same q/k/v/o weights, saved by transformers
+    for k in ref:
+        if ".self_attn." in k and k.endswith("_proj.weight"):
+            np.testing.assert_array_equal(bits(got[k]), bits(ref[k]), err_msg=k)
+    assert not [k for k in got if "absmax" in k or "quant_" in k]
+
+
+def _nested_close(a, b, k):
+    """bnb's CPU 8-bit quantizer (a 65536-bin table) is not always the nearest code: neighbours.
+    (test_double_quant_matches_bnb_given_its_offset checks the nearest rule exactly.)"""
+    assert a.shape == b.shape and a.dtype == b.dtype, k
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1, k
+    assert (a != b).mean() <= 0.15, k
+
+
+def test_quant_bnb_matches_transformers_save(tmp_path):
+    out = tmp_path / "q"
+    r = run("quant-bnb", "--double-quant", TINY, out)
+    assert r.code == 0, r
+    got, ref = folder(out), folder(STANDARD)
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        if k.endswith(".weight.absmax"):
+            _nested_close(got[k], ref[k], k)
+        else:
+            assert got[k].dtype == ref[k].dtype and got[k].shape == ref[k].shape, k
+            np.testing.assert_array_equal(bits(got[k]) if got[k].dtype.itemsize > 1 else got[k],
+                                          bits(ref[k]) if ref[k].dtype.itemsize > 1 else ref[k],
+                                          err_msg=k)
+    qc = json.loads((out / "config.json").read_text())["quantization_config"]
+    want = json.loads((STANDARD / "config.json").read_text())["quantization_config"]
+    skips = qc.pop("llm_int8_skip_modules")
+    want.pop("llm_int8_skip_modules")
+    assert qc == want
+    assert "model.layers.1.mlp.router" in skips and "lm_head" in skips
+    assert not [s for s in skips if "self_attn" in s]
+
+
+def test_quant_bnb_per_expert_matches_unsloth_layout(tmp_path):
+    out = tmp_path / "pe"
+    r = run("quant-bnb", "--double-quant", "--experts", "per-expert", TINY, out)
+    assert r.code == 0, r
+    got, ref = folder(out), folder(UNSLOTH)
+    assert sorted(got) == sorted(ref)
+    for k in ref:
+        if k.endswith(".weight.absmax"):
+            _nested_close(got[k], ref[k], k)
+        elif "quant_state" in k:
+            a, b = json.loads(bytes(got[k])), json.loads(bytes(ref[k]))
+            assert list(a) == list(b) and a["shape"] == b["shape"], k
+            assert abs(a["nested_offset"] - b["nested_offset"]) <= 1e-7 * abs(b["nested_offset"])
+        else:
+            np.testing.assert_array_equal(bits(got[k]) if got[k].dtype.itemsize > 1 else got[k],
+                                          bits(ref[k]) if ref[k].dtype.itemsize > 1 else ref[k],
+                                          err_msg=k)
