@@ -23,7 +23,7 @@ static uint32_t ggml_type_of(const char *s)
 
 int cmd_to_gguf(int argc, char **argv)
 {
-	const char *outtype = "bf16", *experts = "mxfp4", *round = "openai";
+	const char *outtype = "bf16", *experts = "mxfp4", *round = "openai", *tok = NULL;
 	int force = 0, dry = 0;
 	const struct ck_option opts[] = {
 		CK_OPT_CHOICE(0, "outtype", &outtype, "bf16|f16|f32|q8_0",
@@ -33,6 +33,9 @@ int cmd_to_gguf(int argc, char **argv)
 		CK_OPT_CHOICE(0, "mxfp4-round", &round, "openai|ggml",
 			      "rule for float experts quantized to MXFP4: OpenAI's (scale rounded up, "
 			      "elements to nearest even) or ggml's quantize_row_mxfp4_ref [openai]"),
+		CK_OPT_STRING(0, "tokenizer", &tok, "DIR",
+			      "read tokenizer.json, tokenizer_config.json, chat_template.jinja and "
+			      "generation_config.json from DIR [MODEL_DIR; for original/, its parent]"),
 		CK_OPT_FLAG('n', "dry-run", &dry, "print the mapping (source -> GGUF name, type, shape); write nothing"),
 		CK_OPT_FLAG('f', "force", &force, "replace an existing output"),
 		CK_OPT_END,
@@ -59,6 +62,7 @@ int cmd_to_gguf(int argc, char **argv)
 	o.experts = ggml_type_of(experts);
 	o.mxfp4_rule = !strcmp(round, "ggml") ? CK_MXFP4_GGML : CK_MXFP4_OPENAI;
 	o.force = force;
+	o.tokenizer = tok;
 	o.dry_run = dry ? stdout : NULL;
 	if (ck_togguf(argv[0], n > 1 ? argv[1] : NULL, &o, &d))
 		return ck_report("to-gguf", &d);

@@ -18,6 +18,7 @@
 #include "gptoss.h"
 #include "model.h"
 #include "output.h"
+#include "../quant/bnb.h"
 #include "../quant/mxfp4.h"
 #include "../quant/q8_0.h"
 
@@ -554,6 +555,18 @@ static void gguf_name(int r, uint32_t il, char *buf, size_t cap)
 		snprintf(buf, cap, "?");
 }
 
+/* A bitsandbytes-quantized source weight: read through the NF4/FP4 library. */
+struct bnb_src {
+	const struct ck_tensor *t;
+	struct ck_bnb_group g;
+};
+
+static int bnb_cmp(const void *a, const void *b)
+{
+	const struct ck_tensor *x = ((const struct bnb_src *)a)->t, *y = ((const struct bnb_src *)b)->t;
+	return x < y ? -1 : x > y;
+}
+
 /* The sources of one layer (or, for layer index n_layer, of the non-layer tensors). */
 struct layer {
 	const struct ck_tensor *plain[R_COUNT];
@@ -568,8 +581,18 @@ struct conv {
 	struct hp hp;
 	struct ck_model *m;
 	struct layer *layers;	/* n_layer + 1: the last holds the non-layer tensors */
+	struct bnb_src *bnb;	/* bitsandbytes 4-bit weights, sorted by tensor address */
+	size_t nbnb;
 	uint64_t n_vocab;
 };
+
+static const struct ck_bnb_group *bnb_of(const struct conv *c, const struct ck_tensor *t)
+{
+	struct bnb_src key = { .t = t };
+	const struct bnb_src *b = c->nbnb ? bsearch(&key, c->bnb, c->nbnb, sizeof(*c->bnb), bnb_cmp) : NULL;
+	return b ? &b->g : NULL;
+}
+
 
 static int set_slot(const struct ck_tensor **slot, const struct ck_tensor *t, struct ck_diag *d)
 {
@@ -648,16 +671,24 @@ static int want_shape(const struct conv *c, const struct ck_tensor *t, int is_fl
 		      const uint64_t *shape, struct ck_diag *d)
 {
 	char a[96], b[96];
-	int ok = t->ndim == ndim;
+	const struct ck_bnb_group *g = bnb_of(c, t);
+	/* a bitsandbytes weight is checked by its logical shape and dtype */
+	int tnd = g ? g->ndim : t->ndim;
+	const uint64_t *tsh = g ? g->shape : t->shape;
+	enum ck_dtype tdt = g ? g->dtype : t->dtype;
+	int ok = tnd == ndim;
 	for (int i = 0; ok && i < ndim; i++)
-		ok = t->shape[i] == shape[i];
+		ok = tsh[i] == shape[i];
 	if (!ok)
 		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': shape %s, config.json says %s",
-			       ck_model_path(c->m), t->name, ck_shape_str(t->shape, t->ndim, a, sizeof(a)),
+			       ck_model_path(c->m), t->name, ck_shape_str(tsh, tnd, a, sizeof(a)),
 			       ck_shape_str(shape, ndim, b, sizeof(b)));
-	if (is_float && !ck_dtype_is_float(t->dtype))
+	if (g && !is_float)
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': bitsandbytes 4-bit where MXFP4 "
+			       "blocks are expected", ck_model_path(c->m), t->name);
+	if (is_float && !ck_dtype_is_float(tdt))
 		return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': dtype %s, expected F32, F16 or BF16",
-			       ck_model_path(c->m), t->name, ck_dtype_name(t->dtype));
+			       ck_model_path(c->m), t->name, ck_dtype_name(tdt));
 	if (!is_float && t->dtype != CK_DT_U8)
 		return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': dtype %s, expected U8 (MXFP4)",
 			       ck_model_path(c->m), t->name, ck_dtype_name(t->dtype));
@@ -783,6 +814,50 @@ static int check_layer(struct conv *c, uint32_t il, struct ck_diag *d)
 	return 0;
 }
 
+/*
+ * Open every bitsandbytes group; an auxiliary tensor (absmax, quant_map,
+ * nested_*, quant_state) must belong to one, or it is an unmapped tensor.
+ */
+static int find_bnb(struct conv *c, struct ck_diag *d)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < ck_model_count(c->m); i++)
+		n += ck_bnb_is_weight(c->m, ck_model_tensor(c->m, i)->name);
+	c->bnb = ck_calloc(n ? n : 1, sizeof(*c->bnb));
+	if (!c->bnb)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (size_t i = 0; i < ck_model_count(c->m); i++) {
+		const struct ck_tensor *t = ck_model_tensor(c->m, i);
+		if (ck_bnb_is_weight(c->m, t->name)) {
+			c->bnb[c->nbnb].t = t;
+			CK_TRY(ck_bnb_group_open(c->m, t->name, &c->bnb[c->nbnb].g, d));
+			c->nbnb++;
+		}
+	}
+	qsort(c->bnb, c->nbnb, sizeof(*c->bnb), bnb_cmp);
+	for (size_t i = 0; i < ck_model_count(c->m); i++) {
+		const struct ck_tensor *t = ck_model_tensor(c->m, i);
+		const char *w = strstr(t->name, ".weight.");
+		char base[1024];
+		int owned = 0;
+		if (!ck_bnb_is_aux(t->name))
+			continue;
+		/* "<module>.weight.<aux>": the last ".weight." ends the group's name */
+		for (const char *p = w; p; p = strstr(p + 1, ".weight."))
+			w = p;
+		if (w && (size_t)(w - t->name) + 8 < sizeof(base)) {
+			memcpy(base, t->name, (size_t)(w - t->name) + 7);
+			base[w - t->name + 7] = 0;
+			owned = ck_bnb_is_weight(c->m, base);
+		}
+		if (!owned)
+			return ck_fail(d, CK_EINVAL, "'%s': tensor '%s' is bitsandbytes state of no weight "
+				       "(maps to no GGUF tensor)", ck_model_path(c->m), t->name);
+	}
+	return 0;
+}
+
 static int map_sources(struct conv *c, struct ck_diag *d)
 {
 	const struct hp *h = &c->hp;
@@ -792,8 +867,12 @@ static int map_sources(struct conv *c, struct ck_diag *d)
 	c->layers = ck_calloc(h->n_layer + 1, sizeof(*c->layers));
 	if (!c->layers)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
-	for (size_t i = 0; i < ck_model_count(c->m); i++)
-		CK_TRY(classify(c, ck_model_tensor(c->m, i), d));
+	CK_TRY(find_bnb(c, d));
+	for (size_t i = 0; i < ck_model_count(c->m); i++) {
+		const struct ck_tensor *t = ck_model_tensor(c->m, i);
+		if (!ck_bnb_is_aux(t->name))
+			CK_TRY(classify(c, t, d));
+	}
 
 	G = &c->layers[h->n_layer];
 	for (int r = R_OUTPUT; r < R_COUNT; r++)
@@ -958,18 +1037,36 @@ struct stream {
 	size_t fcap;		/* floats in f, tmp; bytes/4 in out */
 };
 
-/* Elements [e0, e0+n) of a float tensor, as f32. */
-static void load_elems(const struct ck_tensor *t, uint64_t e0, uint64_t n, float *dst)
+/* Elements [e0, e0+n) of a float (or bitsandbytes 4-bit) tensor, as f32. */
+static int load_elems(const struct conv *c, const struct ck_tensor *t, uint64_t e0, uint64_t n, float *dst,
+		      struct ck_diag *d)
 {
-	size_t es = ck_dtype_bits(t->dtype) / 8;
-	const uint8_t *p = t->data + e0 * es;
+	const struct ck_bnb_group *g = bnb_of(c, t);
+	size_t es;
+	const uint8_t *p;
+
+	if (g) {
+		/* the values bitsandbytes gives back are in the logical dtype (BF16 here): round to it */
+		CK_TRY(ck_bnb_group_dequant(g, e0, n, CK_DT_F32, dst, 1, d));
+		if (g->dtype == CK_DT_BF16)
+			for (uint64_t i = 0; i < n; i++)
+				dst[i] = ck_bf16_to_f32(ck_f32_to_bf16(dst[i]));
+		else if (g->dtype == CK_DT_F16)
+			for (uint64_t i = 0; i < n; i++)
+				dst[i] = ck_f16_to_f32(ck_f32_to_f16(dst[i]));
+		return 0;
+	}
+	es = ck_dtype_bits(t->dtype) / 8;
+	p = t->data + e0 * es;
 	ck_convert(t->dtype, p, CK_DT_F32, dst, (size_t)n);
 	ck_model_done_range(p, (size_t)(n * es));
+	return 0;
 }
 
-static void load_rows(const struct ck_tensor *t, uint64_t r0, uint64_t nrows, uint64_t n, float *dst)
+static int load_rows(const struct conv *c, const struct ck_tensor *t, uint64_t r0, uint64_t nrows, uint64_t n,
+		     float *dst, struct ck_diag *d)
 {
-	load_elems(t, r0 * n, nrows * n, dst);
+	return load_elems(c, t, r0 * n, nrows * n, dst, d);
 }
 
 /* Write elements [e0, e0 + nrows*n) of t as nrows rows of n, encoded as ty, in chunks. */
@@ -981,7 +1078,7 @@ static int write_rows(struct stream *s, const struct ck_tensor *t, uint64_t e0, 
 		per = 1;
 	for (uint64_t r = 0; r < nrows; r += per) {
 		uint64_t k = nrows - r < per ? nrows - r : per;
-		load_elems(t, e0 + r * n, k * n, s->f);
+		CK_TRY(load_elems(s->c, t, e0 + r * n, k * n, s->f, d));
 		CK_TRY(encode_rows(s->c, ty, s->f, k, n, s->out, t->name, d));
 		CK_TRY(ck_ggw_write(s->w, s->out, (size_t)row_bytes(ty, k * n), d));
 	}
@@ -993,7 +1090,7 @@ static int write_gu_bias(struct stream *s, const struct ck_tensor *t, int odd, s
 {
 	uint64_t E = s->c->hp.n_expert, I = s->c->hp.n_ff;
 	for (uint64_t e = 0; e < E; e++) {
-		load_rows(t, e, 1, 2 * I, s->tmp);
+		CK_TRY(load_rows(s->c, t, e, 1, 2 * I, s->tmp, d));
 		for (uint64_t i = 0; i < I; i++)
 			s->f[i] = s->tmp[2 * i + (uint64_t)odd];
 		CK_TRY(ck_ggw_write(s->w, s->f, (size_t)I * 4, d));
@@ -1056,14 +1153,16 @@ static int write_experts(struct stream *s, const struct otensor *ot, struct ck_d
 		} else if (flt) {
 			/* HF float experts are [E, IN, OUT]: transpose, taking every step-th column. */
 			for (uint64_t in = 0; in < cols; in++) {
-				load_rows(flt, e * cols + in, 1, src_rows, s->tmp);
+				CK_TRY(load_rows(c, flt, e * cols + in, 1, src_rows, s->tmp, d));
 				for (uint64_t r = 0; r < rows; r++)
 					s->f[r * cols + in] = s->tmp[r * step + off];
 			}
 		} else {
+			/* one Linear per expert, [OUT, IN]: read it whole, keep every step-th row */
 			const struct ck_tensor *t = L->pe[ot->role == R_DOWN_W ? 2 : 0][e];
+			CK_TRY(load_rows(c, t, 0, src_rows, cols, s->tmp, d));
 			for (uint64_t r = 0; r < rows; r++)
-				load_rows(t, r * step + off, 1, cols, s->f + r * cols);
+				memcpy(s->f + r * cols, s->tmp + (r * step + off) * cols, (size_t)cols * sizeof(float));
 		}
 		CK_TRY(encode_rows(c, ot->type, s->f, rows, cols, s->out, ot->name, d));
 		CK_TRY(ck_ggw_write(s->w, s->out, (size_t)row_bytes(ot->type, rows * cols), d));
@@ -1099,7 +1198,7 @@ static int write_tensor(struct stream *s, const struct otensor *ot, struct ck_di
 		for (uint64_t e = 0; e < h->n_expert; e++) {
 			const struct ck_tensor *t = L->pe[r == R_DOWN_B ? 3 : 1][e];
 			uint64_t step = r == R_DOWN_B ? 1 : 2, off = r == R_UP_B ? 1 : 0;
-			load_rows(t, 0, 1, t->shape[0], s->tmp);
+			CK_TRY(load_rows(c, t, 0, 1, n * step, s->tmp, d));
 			for (uint64_t i = 0; i < n; i++)
 				s->f[i] = s->tmp[i * step + off];
 			CK_TRY(ck_ggw_write(s->w, s->f, (size_t)n * 4, d));
@@ -1247,7 +1346,10 @@ int ck_togguf(const char *src, const char *dst, const struct ck_togguf_opts *o, 
 		rc = map_sources(&c, d);
 	if (rc)
 		goto out;
-	tokenizer_dir(ck_model_dir(c.m), tokdir, sizeof(tokdir));
+	if (o->tokenizer)
+		snprintf(tokdir, sizeof(tokdir), "%s", o->tokenizer);
+	else
+		tokenizer_dir(ck_model_dir(c.m), tokdir, sizeof(tokdir));
 	snprintf(cfg, sizeof(cfg), "%s/config.json", ck_model_dir(c.m));
 	rc = load_vocab(tokdir, cfg, c.n_vocab, &v, d);
 	if (rc)
@@ -1331,6 +1433,7 @@ out:
 				free(c.layers[il].pe[k]);
 		free(c.layers);
 	}
+	free(c.bnb);
 	ck_model_free(c.m);
 	return rc;
 }

@@ -42,6 +42,7 @@ struct ck_togguf_opts {
 	uint32_t outtype;	/* ggml type of token_embd/output/attn weights: F32, F16, BF16, Q8_0 */
 	uint32_t experts;	/* ggml type of the expert weights: MXFP4, BF16, F16, F32, Q8_0 */
 	enum ck_mxfp4_rule mxfp4_rule;	/* for float inputs quantized to MXFP4 */
+	const char *tokenizer;	/* folder of tokenizer.json etc.; NULL: the model's (original/: its parent) */
 	int force;		/* replace an existing output */
 	FILE *dry_run;		/* non-NULL: print the mapping table here, write nothing */
 };

@@ -384,6 +384,56 @@ def test_per_expert_names_give_the_same_gguf(tmp_path, form):
     assert a.read_bytes() == b.read_bytes()
 
 
+MXDIR = FIXTURES / "mxfp4"
+BNBDIR = FIXTURES / "bnb"
+
+
+@pytest.mark.skipif(not (MXDIR / "tiny-gpt-oss-mxfp4").exists(), reason="mxfp4 fixtures missing")
+def test_transformers_mxfp4_and_original_fixtures(tmp_path):
+    """quant-mxfp4's fixtures (HF MXFP4 flavor and original/ flavor of the same weights): the two
+    GGUFs are byte-identical, and gguf-py's dequantization of our experts equals transformers'
+    dequantization (tiny-gpt-oss-mxfp4-dequant.safetensors), gate/up split even/odd."""
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    r = convert(MXDIR / "tiny-gpt-oss-mxfp4", a)
+    convert(MXDIR / "tiny-gpt-oss-original", b, "--tokenizer", MXDIR / "tiny-gpt-oss-mxfp4")
+    assert a.read_bytes() == b.read_bytes()
+    t = tensors(r)
+    ref = st_read(MXDIR / "tiny-gpt-oss-mxfp4-dequant.safetensors")
+    n = 0
+    for i in range(2):
+        p = f"model.layers.{i}.mlp.experts."
+        gu, dn = f32(ref[p + "gate_up_proj"]), f32(ref[p + "down_proj"])	# HF form [E, IN, OUT]
+        assert t[f"blk.{i}.ffn_gate_exps.weight"].tensor_type == QT.MXFP4
+        np.testing.assert_array_equal(deq(t[f"blk.{i}.ffn_gate_exps.weight"]), gu[:, :, 0::2].transpose(0, 2, 1))
+        np.testing.assert_array_equal(deq(t[f"blk.{i}.ffn_up_exps.weight"]), gu[:, :, 1::2].transpose(0, 2, 1))
+        np.testing.assert_array_equal(deq(t[f"blk.{i}.ffn_down_exps.weight"]), dn.transpose(0, 2, 1))
+        n += 3
+    assert n == 6
+
+
+@pytest.mark.skipif(not (BNBDIR / "tiny-gpt-oss-unsloth-bnb4").exists(), reason="bnb fixtures missing")
+def test_unsloth_per_expert_nf4(tmp_path):
+    """Unsloth's per-expert bitsandbytes NF4 layout (fixture from bitsandbytes): dequantized on the
+    fly, its GGUF is byte-identical to the GGUF of bitsandbytes' own dequantization
+    (tiny-gpt-oss-unsloth-ref.safetensors) in the standard HF BF16 layout."""
+    src = BNBDIR / "tiny-gpt-oss-unsloth-bnb4"
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    cfg = json.loads((src / "config.json").read_text())
+    del cfg["quantization_config"]
+    (ref / "config.json").write_text(json.dumps(cfg))
+    shutil.copy(BNBDIR / "tiny-gpt-oss-unsloth-ref.safetensors", ref / "model.safetensors")
+    copy_aux(src, ref)
+    for opts in ((), ("--outtype", "f32", "--experts", "bf16")):
+        a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+        convert(src, a, "-f", *opts)
+        convert(ref, b, "-f", *opts)
+        assert a.read_bytes() == b.read_bytes(), opts
+    # transformers' own bnb layout (attention Linear layers in NF4, experts BF16) converts too
+    r = convert(BNBDIR / "tiny-gpt-oss-bnb-nf4", tmp_path / "c.gguf")
+    assert len(r.tensors) == 3 + 19 * 2
+
+
 @needs_tiny
 def test_dry_run_prints_the_mapping(tmp_path):
     r = run("to-gguf", "--dry-run", TINY)
