@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from conftest import TOKENIZER_DIR, assert_one_line_error, run
+from conftest import FIXTURES, TOKENIZER_DIR, assert_one_line_error, run
 
 TJ = TOKENIZER_DIR / "tokenizer.json"
 TC = TOKENIZER_DIR / "tokenizer_config.json"
@@ -110,11 +110,21 @@ def identity(path, *extra):
     return json.loads(r.out)
 
 
+def compare(a, b, code, *extra):
+    """tokcheck --json A B: the report, its components by name, and B's hashes."""
+    r = run("tokcheck", "--json", *extra, a, b)
+    assert r.code == code, r
+    j = json.loads(r.out)
+    return j, {c["name"]: c for c in j["components"]}, j["hashes"]["b"]
+
+
 def make_dir(base, name, tj=None, tc=None, *, tj_dump=None, extra=None):
     """A tokenizer folder: tokenizer.json linked from the real one unless tj is given."""
     d = base / name
     d.mkdir()
-    if tj is None:
+    if tj is False:
+        pass
+    elif tj is None:
         os.symlink(TJ, d / "tokenizer.json")
     else:
         with open(d / "tokenizer.json", "w", encoding="utf-8") as f:
@@ -215,13 +225,14 @@ def test_one_vocab_string_changed_breaks(real, tmp_path):
     vocab["Hallo-x"] = 13225
     t2 = dict(tj, model=dict(tj["model"], vocab=vocab))
     d = make_dir(tmp_path, "v", t2)
-    j = identity(d)
-    assert j["components"]["vocab"] == ref_vocab(t2) != GOLD["vocab"]
     r = run("tokcheck", TOKENIZER_DIR, d)
     assert r.code == 1, r
     assert "vocab     differs: 1 ids with another string, 0 only in A, 0 only in B" in r.out
     assert "id 13225: 'Hello' -> 'Hallo-x'" in r.out
     assert "[breaking]" in r.out and "verdict   breaking (exit 1)" in r.out
+    j, comp, hb = compare(TOKENIZER_DIR, d, 1)
+    assert hb["vocab"] == ref_vocab(t2) != GOLD["vocab"]
+    assert hb["merges"] == GOLD["merges"] and comp["merges"]["severity"] == "same"
 
 
 def test_added_token_id_changed_breaks(real, tmp_path):
@@ -230,11 +241,8 @@ def test_added_token_id_changed_breaks(real, tmp_path):
     added[-1]["id"] = 200020                      # <|endofprompt|> 200018 -> 200020
     t2 = dict(tj, added_tokens=added)
     d = make_dir(tmp_path, "a", t2)
-    assert identity(d)["components"]["added"] == ref_added(t2) != GOLD["added"]
-    r = run("tokcheck", "--json", TOKENIZER_DIR, d)
-    assert r.code == 1, r
-    j = json.loads(r.out)
-    comp = {c["name"]: c for c in j["components"]}
+    j, comp, hb = compare(TOKENIZER_DIR, d, 1)
+    assert hb["added"] == ref_added(t2) != GOLD["added"]
     assert comp["added"]["severity"] == "breaking"
     assert "'<|endofprompt|>' moved: id 200018 -> 200020" in comp["added"]["details"]
     assert comp["vocab"]["severity"] == "same"
@@ -245,25 +253,23 @@ def test_pad_changed_is_a_warning(real, tmp_path):
     tj, tc = real
     tc2 = dict(tc, pad_token="<|reserved_200017|>")
     d = make_dir(tmp_path, "p", None, tc2)
-    j = identity(d)
-    assert j["components"]["roles"] == ref_roles(tc2, tj) != ref_roles(tc, tj)
-    assert j["roles"]["pad"]["id"] == 200017
     r = run("tokcheck", TOKENIZER_DIR, d)
     assert r.code == 0, r
     assert "pad '<|endoftext|>'(199999) -> '<|reserved_200017|>'(200017)" in r.out
     assert "roles     differs: 1 role changed [warning]" in r.out
-    r = run("tokcheck", "--strict", TOKENIZER_DIR, d)
-    assert r.code == 1, r
+    j, comp, hb = compare(TOKENIZER_DIR, d, 1, "--strict")
+    assert hb["roles"] == ref_roles(tc2, tj) != ref_roles(tc, tj)
+    assert comp["roles"]["severity"] == "warning" and j["severity"] == "warning"
 
 
 def test_chat_template_changed_is_a_warning(tmp_path):
-    a = make_dir(tmp_path, "a", extra={"chat_template.jinja": TEMPLATE})
-    b = make_dir(tmp_path, "b", extra={"chat_template.jinja": TEMPLATE.replace("<|end|>", "<|return|>")
-                                       + "{#- trailing #}\n"})
-    ja, jb = identity(a), identity(b)
+    # Only the real tokenizer_config.json: the template does not need the 28 MB file.
+    a = make_dir(tmp_path, "a", False, extra={"chat_template.jinja": TEMPLATE})
+    b = make_dir(tmp_path, "b", False, extra={"chat_template.jinja": TEMPLATE.replace("<|end|>", "<|return|>")
+                                              + "{#- trailing #}\n"})
+    ja = identity(a)
     assert ja["components"]["template"] == hashlib.sha256(TEMPLATE.encode()).hexdigest()
     assert ja["template"] == {"origin": "chat_template.jinja", "shadowed_jinja": False}
-    assert jb["components"]["template"] != ja["components"]["template"]
     r = run("tokcheck", a, b)
     assert r.code == 0, r
     assert "template  differs: +2/-1 lines (chat_template.jinja -> chat_template.jinja) [warning]" in r.out
@@ -272,11 +278,16 @@ def test_chat_template_changed_is_a_warning(tmp_path):
     assert "-{{- '<|start|>' + message['role'] + '<|message|>' + message['content'] + '<|end|>' }}" in r.out
     assert "+{{- '<|start|>' + message['role'] + '<|message|>' + message['content'] + '<|return|>' }}" in r.out
     assert "+{#- trailing #}" in r.out
+    # The unified diff is the one difflib writes (same hunks, same lines).
+    import difflib
+    want = "".join(difflib.unified_diff(TEMPLATE.splitlines(True), (b / "chat_template.jinja").read_text()
+                                        .splitlines(True), "A/chat_template.jinja", "B/chat_template.jinja"))
+    assert want in r.out
 
 
 def test_embedded_template_wins_over_jinja(real, tmp_path):
     tj, tc = real
-    d = make_dir(tmp_path, "e", None, dict(tc, chat_template="{{ 'embedded' }}"),
+    d = make_dir(tmp_path, "e", False, dict(tc, chat_template="{{ 'embedded' }}"),
                  extra={"chat_template.jinja": TEMPLATE})
     j = identity(d)
     assert j["template"] == {"origin": "tokenizer_config.json", "shadowed_jinja": True}
@@ -289,31 +300,214 @@ def test_dropped_merge_breaks(real, tmp_path):
     dropped = merges.pop(1000)
     t2 = dict(tj, model=dict(tj["model"], merges=merges))
     d = make_dir(tmp_path, "m", t2)
-    assert identity(d)["components"]["merges"] == ref_merges(t2) != GOLD["merges"]
     r = run("tokcheck", TOKENIZER_DIR, d)
     assert r.code == 1, r
     assert f"merges    differs: {len(merges) + 1} -> {len(merges)} merges, 1 only in A, 0 only in B, " \
            "ranks differ from 1000 on [breaking]" in r.out
     assert f"rank 1000 only in A: '{dropped[0]}' '{dropped[1]}'" in r.out
+    j, comp, hb = compare(TOKENIZER_DIR, d, 1)
+    assert hb["merges"] == ref_merges(t2) != GOLD["merges"]
 
 
 # ---- --expect ----
 
-def test_expect_pins_components():
-    r = run("tokcheck", "--expect", "vocab=" + GOLD["vocab"], "--expect", "tokenizer.json=" +
-            GOLD["tokenizer.json.sha256"], TOKENIZER_DIR)
+def test_expect_pins_components(tmp_path):
+    d = make_dir(tmp_path, "x", False)
+    want = hashlib.sha256(TC.read_bytes()).hexdigest()
+    r = run("tokcheck", "--expect", "added=" + GOLD["added"], "--expect", "tokenizer_config.json=" + want, d)
     assert r.code == 0, r
-    r = run("tokcheck", "--expect", "merges=" + GOLD["vocab"], TOKENIZER_DIR)
+    r = run("tokcheck", "--expect", "added=" + GOLD["vocab"], d)
     assert r.code == 1, r
-    assert "merges: " + GOLD["merges"] + ", expected " + GOLD["vocab"] + " [mismatch]" in r.out
-    all_hash = identity(TOKENIZER_DIR)["components"]["all"]
-    assert run("tokcheck", "--expect", all_hash, TOKENIZER_DIR).code == 0
-    r = run("tokcheck", "--expect", "vocab=123", TOKENIZER_DIR)
-    assert r.code == 2, r
-    r = run("tokcheck", "--expect", "nosuch=" + GOLD["vocab"], TOKENIZER_DIR)
-    assert r.code == 2, r
+    assert "added: " + GOLD["added"] + ", expected " + GOLD["vocab"] + " [mismatch]" in r.out
+    r = run("tokcheck", "--expect", "vocab=" + GOLD["vocab"], d)
+    assert r.code == 1 and "vocab: absent, expected" in r.out, r
+    all_hash = identity(d)["components"]["all"]
+    assert run("tokcheck", "--expect", all_hash, d).code == 0
+    assert run("tokcheck", "--expect", all_hash.upper(), d).code == 0
+    assert_one_line_error(run("tokcheck", "--expect", "vocab=123", d), 2, "64 hex digits")
+    assert_one_line_error(run("tokcheck", "--expect", "nosuch=" + GOLD["vocab"], d), 2, "unknown component")
 
 
 def test_help():
     r = run("tokcheck", "-h")
     assert r.code == 0 and "--strict" in r.out and "--expect" in r.out and "--diff" in r.out
+
+
+# ---- other model types hash too ----
+
+def small_tokenizer(model):
+    return {"version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [{"id": 0, "content": "[UNK]", "single_word": False, "lstrip": False,
+                              "rstrip": False, "normalized": False, "special": True}],
+            "normalizer": {"type": "BertNormalizer", "clean_text": True, "handle_chinese_chars": True,
+                           "strip_accents": None, "lowercase": True},
+            "pre_tokenizer": {"type": "Whitespace"}, "post_processor": None,
+            "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": True}, "model": model}
+
+
+def ref_unigram_vocab(tj):
+    h = hashlib.sha256()
+    for i, (piece, score) in enumerate(tj["model"]["vocab"]):
+        b = piece.encode()
+        h.update(struct.pack("<II", i, len(b)) + b + struct.pack("<d", score))
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["WordPiece", "WordLevel", "Unigram"])
+def test_other_model_types_hash(tmp_path, kind):
+    if kind == "Unigram":
+        model = {"type": "Unigram", "unk_id": 0, "byte_fallback": False,
+                 "vocab": [["[UNK]", 0.0], ["\u2581the", -2.5], ["\u00e9t\u00e9", -7.125], ["x\"\\", -1e-3]]}
+    else:
+        model = {"type": kind, "unk_token": "[UNK]",
+                 "vocab": {"[UNK]": 0, "the": 1, "##s": 2, "\u00e9t\u00e9": 3, "x\"\\\t": 4}}
+        if kind == "WordPiece":
+            model.update(continuing_subword_prefix="##", max_input_chars_per_word=100)
+    tj = small_tokenizer(model)
+    d = tmp_path / kind
+    d.mkdir()
+    (d / "tokenizer.json").write_text(json.dumps(tj, indent=3))
+    j = identity(d)
+    assert j["model_type"] == kind
+    assert j["components"]["vocab"] == (ref_unigram_vocab(tj) if kind == "Unigram" else ref_vocab(tj))
+    assert j["components"]["pipeline"] == ref_pipeline(tj)
+    assert j["components"]["added"] == ref_added(tj)
+    assert j["merges"] == 0 and j["merges_format"] == "none"
+    # A float score change is a vocab change for Unigram.
+    if kind == "Unigram":
+        tj["model"]["vocab"][1][1] = -2.5000001
+        (d / "tokenizer.json").write_text(json.dumps(tj))
+        assert identity(d)["components"]["vocab"] == ref_unigram_vocab(tj) != j["components"]["vocab"]
+
+
+def test_numbers_beyond_64_bits_are_fine(real, tmp_path):
+    tj, tc = real
+    assert tc["model_max_length"] > 2 ** 64        # the real file already has int(1e30)
+    d = make_dir(tmp_path, "n", None, dict(tc, model_max_length=10 ** 400))
+    (d / "config.json").write_text('{"vocab_size": 201088, "rope_theta": 1e400, "x": -1e-400}')
+    j = identity(d)
+    assert j["components"]["roles"] == ref_roles(tc, tj, {"vocab_size": 201088})
+    r = run("tokcheck", "--strict", TOKENIZER_DIR, d)
+    assert r.code == 0, r
+    assert "cosmetic  tokenizer_config.json model_max_length 1e+30 -> 1e999" in r.out
+
+
+def test_huge_file_is_refused(tmp_path):
+    d = tmp_path / "huge"
+    d.mkdir()
+    with open(d / "tokenizer.json", "wb") as f:
+        f.truncate((512 << 20) + 1)                 # sparse: no disk used
+    r = run("tokcheck", d)
+    assert_one_line_error(r, 3, "tokenizer.json", "limit")
+
+
+def test_missing_files_compare_what_exists(real, tmp_path):
+    tj, tc = real
+    d = tmp_path / "cfg-only"
+    d.mkdir()
+    shutil.copy(TC, d / "tokenizer_config.json")
+    j = identity(d)
+    assert j["files"]["tokenizer.json"] is None
+    assert j["components"]["vocab"] is None and j["components"]["added"] == GOLD["added"]
+    assert j["components"]["roles"] == ref_roles(tc, tj)
+    r = run("tokcheck", TOKENIZER_DIR, d)
+    assert r.code == 0, r
+    assert "files     differs: tokenizer.json absent in B [cosmetic]" in r.out
+    assert "vocab     not compared: no tokenizer.json in B [warning]" in r.out
+    assert "added     same" in r.out and "roles     same" in r.out
+    assert run("tokcheck", "--strict", TOKENIZER_DIR, d).code == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(run("tokcheck", empty), 3, "no tokenizer files")
+    r = run("tokcheck", TOKENIZER_DIR, empty)
+    assert r.code == 0 and "vocab     not compared: no tokenizer.json in B [warning]" in r.out, r
+
+
+# ---- against the weights, on the tiny gpt-oss and the LoRA fixtures ----
+
+def st_rows(path, name):
+    from safetensors import safe_open
+    with safe_open(str(path), "np") as f:
+        return f.get_slice(name).get_shape()[0]
+
+
+def test_tiny_gpt_oss_ids_fit_the_embedding():
+    tiny = FIXTURES / "tiny-gpt-oss"
+    idx = json.loads((tiny / "model.safetensors.index.json").read_text())
+    rows = st_rows(tiny / idx["weight_map"]["model.embed_tokens.weight"], "model.embed_tokens.weight")
+    tj = json.loads((tiny / "tokenizer.json").read_text())
+    ntok = 1 + max([*tj["model"]["vocab"].values()] + [t["id"] for t in tj["added_tokens"]])
+    assert ntok <= rows
+    j = identity(tiny)
+    assert j["tokens"] == ntok
+    assert j["embedding"] == {"ok": True, "summary": f"ok: {rows} rows (model.embed_tokens.weight) "
+                                                     f"for {ntok} token ids"}
+    assert j["roles"]["pad"]["id"] == tj["model"]["vocab"].get("<|endoftext|>", 353)
+
+
+def test_lora_fixture_tokenizers():
+    tiny, lora = FIXTURES / "tiny-gpt-oss", FIXTURES / "lora"
+    r = run("tokcheck", tiny, lora / "oss-tok-pad")
+    assert r.code == 0, r
+    tc = json.loads((lora / "oss-tok-pad" / "tokenizer_config.json").read_text())
+    pad = tc["pad_token"]
+    pid = json.loads((lora / "oss-tok-pad" / "tokenizer.json").read_text())
+    pid = {t["content"]: t["id"] for t in pid["added_tokens"]}[pad]
+    assert f"pad '<|endoftext|>'(353) -> '{pad}'({pid})" in r.out
+    assert run("tokcheck", "--strict", tiny, lora / "oss-tok-pad").code == 1
+    a = json.loads((tiny / "tokenizer.json").read_text())["model"]["vocab"]
+    b = json.loads((lora / "oss-tok-vocab" / "tokenizer.json").read_text())["model"]["vocab"]
+    ra, rb = {v: k for k, v in a.items()}, {v: k for k, v in b.items()}
+    diff = [i for i in ra if ra[i] != rb.get(i)]
+    r = run("tokcheck", tiny, lora / "oss-tok-vocab")
+    assert r.code == 1, r
+    assert f"vocab     differs: {len(diff)} ids with another string" in r.out
+    assert f"id {diff[0]}: '{ra[diff[0]]}' -> '{rb[diff[0]]}'" in r.out
+
+
+def write_st(path, tensors):
+    import numpy as np
+    from safetensors.numpy import save_file
+    save_file({k: np.zeros(v, dtype=np.float32) for k, v in tensors.items()}, str(path))
+
+
+def test_token_ids_beyond_embedding_rows(tmp_path):
+    tiny = FIXTURES / "tiny-gpt-oss"
+    d = tmp_path / "short"
+    d.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny / f, d / f)
+    write_st(d / "model.safetensors", {"model.embed_tokens.weight": (360, 4), "lm_head.weight": (360, 4)})
+    tj = json.loads((d / "tokenizer.json").read_text())
+    names = {t["id"]: t["content"] for t in tj["added_tokens"]}
+    names.update({v: k for k, v in tj["model"]["vocab"].items()})
+    r = run("tokcheck", d)
+    assert r.code == 1, r
+    assert f"embedding token id 360 ('{names[360]}') has no embedding row: 360 rows for 373 token ids" in r.out
+    assert run("tokcheck", "--no-weights", d).code == 0
+
+
+def test_adapter_embedding_rows_rule(tmp_path):
+    tiny = FIXTURES / "tiny-gpt-oss"
+    ad = tmp_path / "adapter"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tiny / f, ad / f)
+    name = "base_model.model.model.embed_tokens.weight"
+    write_st(ad / "adapter_model.safetensors", {name: (400, 64)})
+    r = run("tokcheck", tiny, ad)
+    assert r.code == 1, r
+    assert "B: the adapter's embeddings have 400 rows, the base's 384" in r.out
+    write_st(ad / "adapter_model.safetensors", {name: (384, 64)})
+    r = run("tokcheck", tiny, ad)
+    assert r.code == 0 and "embedding ok: A 384 rows for 373 token ids; B 384 rows for 373 token ids" in r.out, r
+    # A resized vocabulary that the adapter's own tokenizer fills is fine.
+    tj = json.loads((ad / "tokenizer.json").read_text())
+    tj["added_tokens"].append({"id": 390, "content": "<|new|>", "single_word": False, "lstrip": False,
+                               "rstrip": False, "normalized": False, "special": True})
+    (ad / "tokenizer.json").write_text(json.dumps(tj))
+    write_st(ad / "adapter_model.safetensors", {name: (392, 64)})
+    r = run("tokcheck", tiny, ad)
+    assert "embedding ok: A 384 rows for 373 token ids; B 392 rows for 391 token ids" in r.out, r
+    assert r.code == 1 and "added     differs: 0 ids with another content, 0 moved, 0 only in A, 1 only in B" in r.out

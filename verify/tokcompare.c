@@ -455,10 +455,10 @@ static int diff_lines(const struct lines *a, const struct lines *b, size_t *plus
 	while (i < n || j < m) {
 		if (i < n && j < m && line_eq(a, pre + i, b, pre + j))
 			op[nop++] = 0, i++, j++;
-		else if (j < m && (i == n || T(i, j + 1) >= T(i + 1, j)))
-			op[nop++] = 2, j++;
+		else if (i < n && (j == m || T(i + 1, j) >= T(i, j + 1)))
+			op[nop++] = 1, i++;	/* deletions first, as diff(1) and difflib print */
 		else
-			op[nop++] = 1, i++;
+			op[nop++] = 2, j++;
 	}
 #undef T
 	free(t);
@@ -709,7 +709,7 @@ int ck_tok_compare_loaded(struct ck_tok *a, struct ck_tok *b, unsigned flags,
 			      has_role_files(a) ? "B" : "A");
 	else
 		tok_sb_puts(&bd.sum, "same");
-	item_end(&bd, "roles", nroles ? CK_TOK_WARNING : CK_TOK_SAME);
+	item_end(&bd, "roles", nroles || has_role_files(a) != has_role_files(b) ? CK_TOK_WARNING : CK_TOK_SAME);
 
 	enum ck_tok_sev ts = cmp_template(&bd, a, b);
 	item_end(&bd, "template", ts);
@@ -720,6 +720,14 @@ int ck_tok_compare_loaded(struct ck_tok *a, struct ck_tok *b, unsigned flags,
 	}
 	*out = r;
 	return ck_tok_report_verdict(r, flags);
+}
+
+static bool tok_empty(const struct ck_tok *t)
+{
+	for (int f = 0; f < CK_TOKF_COUNT; f++)
+		if (f != CK_TOKF_CONFIG && f != CK_TOKF_GENERATION && t->dig[f].present)
+			return false;
+	return true;
 }
 
 int ck_tok_compare(const char *dir_a, const char *dir_b, unsigned flags,
@@ -733,6 +741,12 @@ int ck_tok_compare(const char *dir_a, const char *dir_b, unsigned flags,
 	if (rc) {
 		ck_tok_free(a);
 		return rc;
+	}
+	if (tok_empty(a) && tok_empty(b)) {
+		ck_fail(d, CK_EINVAL, "'%s', '%s': no tokenizer files in either folder", dir_a, dir_b);
+		ck_tok_free(a);
+		ck_tok_free(b);
+		return CK_EINVAL;
 	}
 	return ck_tok_compare_loaded(a, b, flags, r, d);
 }
@@ -756,12 +770,15 @@ int ck_tok_report_add_rows(struct ck_tok_report *r, uint64_t rows_a, uint64_t ro
 	}
 	if (!n) {
 		tok_sb_puts(&bd.sum, "ok:");
-		if (rows_a)
-			tok_sb_printf(&bd.sum, " A %" PRIu64 " rows for %" PRIu64 " token ids", rows_a,
-				      ck_tok_size(r->a));
-		if (rows_b)
-			tok_sb_printf(&bd.sum, "%s B %" PRIu64 " rows for %" PRIu64 " token ids", rows_a ? ";" : "",
-				      rows_b, ck_tok_size(r->b));
+		for (int side = 0; side < 2; side++) {
+			uint64_t rows = side ? rows_b : rows_a, ids = ck_tok_size(side ? r->b : r->a);
+			if (!rows)
+				continue;
+			tok_sb_printf(&bd.sum, "%s %c %" PRIu64 " rows", side && rows_a ? ";" : "", side ? 'B' : 'A',
+				      rows);
+			if (ids)
+				tok_sb_printf(&bd.sum, " for %" PRIu64 " token ids", ids);
+		}
 	}
 	item_end(&bd, "embedding", n ? CK_TOK_BREAKING : CK_TOK_SAME);
 	return bd.oom ? CK_ENOMEM : ck_tok_report_verdict(r, flags);

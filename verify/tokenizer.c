@@ -904,6 +904,7 @@ static int compute_hashes(struct ck_tok *t)
 
 	if (!h)
 		return CK_ENOMEM;
+	h->ctx = NULL;
 	if (t->have_json) {
 		if (h_init(h))
 			goto out;

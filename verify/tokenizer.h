@@ -301,7 +301,10 @@ struct ck_tok_report {
  * 0 when they are the same in meaning (cosmetic and warning differences
  * included), CK_EDIFF when something breaks a merge (or, with
  * CK_TOK_STRICT, when a warning-level difference exists).  On failure to
- * load either folder the return is < 0, d says why and *r is NULL.
+ * load either folder the return is < 0, d says why and *r is NULL.  With
+ * CK_TOK_ALLOW_EMPTY a folder without tokenizer files (an adapter saved
+ * without one) compares as absent: its components are "not compared"
+ * warnings; both empty is still an error.
  * flags are CK_TOK_STRICT plus the loader flags.
  */
 int ck_tok_compare(const char *dir_a, const char *dir_b, unsigned flags,
