@@ -21,9 +21,9 @@
 #include "../quant/bnb.h"
 #include "../quant/mxfp4.h"
 #include "../quant/q8_0.h"
+#include "../verify/tokenizer.h"
 
 #define CONFIG_MAX (4u << 20)
-#define TOKENIZER_MAX (256u << 20)
 
 /* ===== hyperparameters ===== */
 
@@ -219,6 +219,7 @@ static int load_hparams(const char *dir, struct hp *h, struct ck_diag *d)
 
 enum { TT_NORMAL = 1, TT_CONTROL = 3, TT_USER = 4, TT_UNUSED = 5 };
 
+/* The tokenizer KVs, built from tokcheck's loader (verify/tokenizer.h). */
 struct vocab {
 	uint64_t n;		/* = embedding rows */
 	const char **tok;
@@ -228,13 +229,13 @@ struct vocab {
 	const char **merge;
 	size_t *mlen;
 	size_t nmerge;
-	char *marena;		/* merges rebuilt from the pair form */
+	char *marena;		/* merges as "a b" */
 	int64_t bos, eos, pad;
-	uint32_t eos_list[16];
+	uint32_t eos_list[CK_TOK_MAX_IDS];
 	size_t n_eos_list;
-	char *tmpl;
+	const char *tmpl;
 	size_t tmpl_len;
-	cJSON *tj, *tc;		/* tokenizer.json, tokenizer_config.json (strings point in) */
+	struct ck_tok *t;	/* owns the strings above */
 };
 
 static void vocab_free(struct vocab *v)
@@ -246,32 +247,8 @@ static void vocab_free(struct vocab *v)
 	free(v->merge);
 	free(v->mlen);
 	free(v->marena);
-	free(v->tmpl);
-	cJSON_Delete(v->tj);
-	cJSON_Delete(v->tc);
+	ck_tok_free(v->t);
 	memset(v, 0, sizeof(*v));
-}
-
-static int parse_json_file(const char *path, size_t max, int optional, cJSON **out, struct ck_diag *d)
-{
-	char *buf = NULL;
-	size_t len;
-	int rc;
-
-	*out = NULL;
-	if (optional && access(path, F_OK))
-		return 0;
-	rc = ck_read_file(path, max, &buf, &len, d);
-	if (rc)
-		return rc;
-	*out = cJSON_ParseWithLength(buf, len);
-	free(buf);
-	if (!*out || !cJSON_IsObject(*out)) {
-		cJSON_Delete(*out);
-		*out = NULL;
-		return ck_fail(d, CK_EINVAL, "'%s': not a JSON object", path);
-	}
-	return 0;
 }
 
 struct tokref {
@@ -289,176 +266,62 @@ static int tokref_cmp(const void *a, const void *b)
 	return x->len < y->len ? -1 : x->len > y->len;
 }
 
-/* The id of token text s, or -1. */
-static int64_t vocab_id(const struct vocab *v, const char *s)
+/* A role's id: the tokenizer_config token, else config.json's *_token_id (first of a list). */
+static int64_t role_id(const struct ck_tok *t, enum ck_tok_role r, enum ck_tok_idkey k)
 {
-	size_t n = strlen(s);
-	for (uint64_t i = 0; i < v->n; i++)
-		if (v->len[i] == n && !memcmp(v->tok[i], s, n) && v->type[i] != TT_UNUSED)
-			return (int64_t)i;
-	return -1;
-}
-
-/* tokenizer_config "<which>_token": a string or {"content": ...}. */
-static int64_t special_from_config(const struct vocab *v, const char *which)
-{
-	char key[32];
-	const cJSON *t;
-
-	if (!v->tc)
-		return -1;
-	snprintf(key, sizeof(key), "%s_token", which);
-	t = jget(v->tc, key);
-	if (t && cJSON_IsObject(t))
-		t = jget(t, "content");
-	return t && cJSON_IsString(t) ? vocab_id(v, t->valuestring) : -1;
-}
-
-static int64_t special_from_model_config(const char *cfgpath, const char *which)
-{
-	char key[32];
-	cJSON *c = NULL;
-	const cJSON *t;
-	int64_t id = -1;
-
-	if (parse_json_file(cfgpath, CONFIG_MAX, 1, &c, NULL) || !c)
-		return -1;
-	snprintf(key, sizeof(key), "%s_token_id", which);
-	t = jget(c, key);
-	if (t && cJSON_IsArray(t))
-		t = cJSON_GetArrayItem(t, 0);
-	if (t && cJSON_IsNumber(t) && t->valuedouble >= 0 && t->valuedouble < 4294967296.0)
-		id = (int64_t)t->valuedouble;
-	cJSON_Delete(c);
-	return id;
-}
-
-static int load_merges(struct vocab *v, const cJSON *merges, const char *path, struct ck_diag *d)
-{
-	size_t n = (size_t)cJSON_GetArraySize(merges), k = 0, arena = 0, pos = 0;
-	const cJSON *m;
-
-	v->merge = ck_calloc(n ? n : 1, sizeof(*v->merge));
-	v->mlen = ck_calloc(n ? n : 1, sizeof(*v->mlen));
-	if (!v->merge || !v->mlen)
-		return ck_fail(d, CK_ENOMEM, "out of memory");
-	/* Pair form: "a b" with a space inside a part written as U+0120 (gguf-py's rule). */
-	cJSON_ArrayForEach(m, merges) {
-		if (cJSON_IsArray(m)) {
-			const cJSON *a = cJSON_GetArrayItem(m, 0), *b = cJSON_GetArrayItem(m, 1);
-			if (cJSON_GetArraySize(m) != 2 || !cJSON_IsString(a) || !cJSON_IsString(b))
-				return ck_fail(d, CK_EINVAL, "'%s': merge %zu is not a pair of strings", path, k);
-			for (const char *p = a->valuestring; *p; p++)
-				arena += *p == ' ' ? 2 : 1;
-			for (const char *p = b->valuestring; *p; p++)
-				arena += *p == ' ' ? 2 : 1;
-			arena += 1;
-		} else if (!cJSON_IsString(m)) {
-			return ck_fail(d, CK_EINVAL, "'%s': merge %zu is not a string", path, k);
-		}
-		k++;
-	}
-	v->marena = ck_malloc(arena ? arena : 1);
-	if (!v->marena)
-		return ck_fail(d, CK_ENOMEM, "out of memory");
-	k = 0;
-	cJSON_ArrayForEach(m, merges) {
-		if (cJSON_IsString(m)) {
-			v->merge[k] = m->valuestring;
-			v->mlen[k] = strlen(m->valuestring);
-		} else {
-			size_t start = pos;
-			for (int side = 0; side < 2; side++) {
-				const char *p = cJSON_GetArrayItem(m, side)->valuestring;
-				if (side)
-					v->marena[pos++] = ' ';
-				for (; *p; p++) {
-					if (*p == ' ') {
-						v->marena[pos++] = (char)0xC4;
-						v->marena[pos++] = (char)0xA0;
-					} else {
-						v->marena[pos++] = *p;
-					}
-				}
-			}
-			v->merge[k] = v->marena + start;
-			v->mlen[k] = pos - start;
-		}
-		k++;
-	}
-	v->nmerge = k;
-	return 0;
+	const struct ck_tok_role_tok *rt = ck_tok_role(t, r);
+	const struct ck_tok_ids *ids = ck_tok_config_ids(t, k);
+	if (rt && rt->id >= 0)
+		return rt->id;
+	return ids && ids->state == CK_TOK_IDS_SET && ids->n ? ids->v[0] : -1;
 }
 
 /*
- * Read tokenizer.json (+ tokenizer_config.json, chat_template.jinja,
- * generation_config.json) from dir into n_rows tokens.  Ids the tokenizer
- * does not name become "[PAD<id>]" (UNUSED); an id at or past the embedding
- * rows is an error (the vocab-vs-embedding check).
+ * Load the tokenizer of dir for n_rows embedding rows: run tokcheck's
+ * vocab-vs-embedding check, then one token per row ("[PAD<id>]", UNUSED,
+ * for ids the tokenizer does not name), merges as "a b", roles, template.
  */
-static int load_vocab(const char *dir, const char *cfgpath, uint64_t n_rows, struct vocab *v,
-		      struct ck_diag *d)
+static int load_vocab(const char *dir, uint64_t n_rows, struct vocab *v, struct ck_diag *d)
 {
-	char path[4096];
-	const cJSON *model, *vocab, *merges, *added, *t, *ty;
-	cJSON *gc = NULL;
-	size_t padlen = 0, padpos = 0;
-	struct tokref *refs = NULL;
+	const char *model_type;
+	size_t arena = 0, pos = 0, padlen = 0, padpos = 0;
+	const struct ck_tok_ids *eos;
+	struct tokref *refs;
 	int rc = 0;
 
 	memset(v, 0, sizeof(*v));
 	v->n = n_rows;
-	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	CK_TRY(parse_json_file(path, TOKENIZER_MAX, 0, &v->tj, d));
-	model = jget(v->tj, "model");
-	ty = model ? jget(model, "type") : NULL;
-	if (!model || !ty || !cJSON_IsString(ty) || strcmp(ty->valuestring, "BPE"))
-		return ck_fail(d, CK_EUNSUPPORTED, "'%s': model.type is not BPE", path);
-	vocab = jget(model, "vocab");
-	merges = jget(model, "merges");
-	added = jget(v->tj, "added_tokens");
-	if (!vocab || !cJSON_IsObject(vocab) || !merges || !cJSON_IsArray(merges) ||
-	    (added && !cJSON_IsArray(added)))
-		return ck_fail(d, CK_EINVAL, "'%s': model.vocab, model.merges or added_tokens malformed", path);
+	CK_TRY(ck_tok_load(&v->t, dir, CK_TOK_NEED_JSON, d));
+	model_type = ck_tok_model_type(v->t);
+	if (!model_type || strcmp(model_type, "BPE"))
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s/tokenizer.json': model type %s is not BPE", dir,
+			       model_type ? model_type : "(none)");
+	rc = ck_tok_check_rows(v->t, n_rows, d);
+	if (rc)
+		return rc == CK_EDIFF ? (d->status = CK_EINVAL) : rc;	/* bad input here, not a "difference" */
 
 	v->tok = ck_calloc(n_rows, sizeof(*v->tok));
 	v->len = ck_calloc(n_rows, sizeof(*v->len));
 	v->type = ck_calloc(n_rows, sizeof(*v->type));
 	if (!v->tok || !v->len || !v->type)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
-	for (int pass = 0; pass < 2; pass++) {
-		const cJSON *list = pass ? added : vocab;
-		cJSON_ArrayForEach(t, list) {
-			const char *s;
-			const cJSON *idj, *sp;
-			double id;
-			if (pass) {
-				idj = jget(t, "id");
-				sp = jget(t, "content");
-				if (!idj || !sp || !cJSON_IsString(sp))
-					return ck_fail(d, CK_EINVAL, "'%s': added token without id or content", path);
-				s = sp->valuestring;
-			} else {
-				idj = t;
-				s = t->string;
-			}
-			if (!cJSON_IsNumber(idj) || idj->valuedouble < 0 || idj->valuedouble != floor(idj->valuedouble))
-				return ck_fail(d, CK_EINVAL, "'%s': token '%.64s' has a bad id", path, s);
-			id = idj->valuedouble;
-			if (id >= (double)n_rows)
-				return ck_fail(d, CK_EINVAL, "'%s': token '%.64s' has id %.0f but the embedding has "
-					       "only %" PRIu64 " rows", path, s, id, n_rows);
-			if (v->tok[(uint64_t)id] && !pass)
-				return ck_fail(d, CK_EINVAL, "'%s': id %.0f is given twice", path, id);
-			v->tok[(uint64_t)id] = s;
-			v->len[(uint64_t)id] = strlen(s);
-			sp = pass ? jget(t, "special") : NULL;
-			v->type[(uint64_t)id] = !pass ? TT_NORMAL : cJSON_IsTrue(sp) ? TT_CONTROL : TT_USER;
+	for (uint64_t i = 0; i < n_rows; i++) {
+		uint32_t len;
+		bool added;
+		const char *s = ck_tok_token_str(v->t, (uint32_t)i, &len, &added);
+		if (s) {
+			v->tok[i] = s;
+			v->len[i] = len;
+			v->type[i] = TT_NORMAL;
+		} else {
+			padlen += 16 + 6;
 		}
 	}
-	for (uint64_t i = 0; i < n_rows; i++)
-		if (!v->tok[i])
-			padlen += 16 + 6;
+	/* added tokens: CONTROL when special, USER_DEFINED otherwise */
+	for (size_t k = 0; k < ck_tok_added_count(v->t); k++) {
+		const struct ck_tok_added *a = ck_tok_added(v->t, k);
+		v->type[a->id] = a->flags & CK_TOK_SPECIAL ? TT_CONTROL : TT_USER;
+	}
 	v->pads = ck_malloc(padlen ? padlen : 1);
 	if (!v->pads)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
@@ -470,7 +333,7 @@ static int load_vocab(const char *dir, const char *cfgpath, uint64_t n_rows, str
 			v->type[i] = TT_UNUSED;
 			padpos += (size_t)w + 1;
 		}
-	/* llama.cpp asserts that token texts are unique. */
+	/* llama.cpp asserts that token texts are unique */
 	refs = ck_calloc(n_rows, sizeof(*refs));
 	if (!refs)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
@@ -479,50 +342,40 @@ static int load_vocab(const char *dir, const char *cfgpath, uint64_t n_rows, str
 	qsort(refs, n_rows, sizeof(*refs), tokref_cmp);
 	for (uint64_t i = 1; i < n_rows && !rc; i++)
 		if (!tokref_cmp(&refs[i - 1], &refs[i]))
-			rc = ck_fail(d, CK_EINVAL, "'%s': ids %u and %u have the same text '%.64s'", path,
-				     refs[i - 1].id, refs[i].id, refs[i].s);
+			rc = ck_fail(d, CK_EINVAL, "'%s/tokenizer.json': ids %u and %u have the same text '%.64s'",
+				     dir, refs[i - 1].id, refs[i].id, refs[i].s);
 	free(refs);
 	if (rc)
 		return rc;
-	CK_TRY(load_merges(v, merges, path, d));
 
-	snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
-	CK_TRY(parse_json_file(path, CONFIG_MAX * 4, 1, &v->tc, d));
-	v->bos = special_from_config(v, "bos");
-	v->eos = special_from_config(v, "eos");
-	v->pad = special_from_config(v, "pad");
-	if (v->bos < 0)
-		v->bos = special_from_model_config(cfgpath, "bos");
-	if (v->eos < 0)
-		v->eos = special_from_model_config(cfgpath, "eos");
-	if (v->pad < 0)
-		v->pad = special_from_model_config(cfgpath, "pad");
-
-	/* The chat template embedded in tokenizer_config wins over chat_template.jinja. */
-	t = v->tc ? jget(v->tc, "chat_template") : NULL;
-	if (t && cJSON_IsString(t)) {
-		v->tmpl = ck_strdup(t->valuestring);
-		if (!v->tmpl)
-			return ck_fail(d, CK_ENOMEM, "out of memory");
-		v->tmpl_len = strlen(v->tmpl);
-	} else {
-		snprintf(path, sizeof(path), "%s/chat_template.jinja", dir);
-		if (!access(path, F_OK))
-			CK_TRY(ck_read_file(path, CONFIG_MAX, &v->tmpl, &v->tmpl_len, d));
+	v->nmerge = ck_tok_merge_count(v->t, NULL);
+	v->merge = ck_calloc(v->nmerge ? v->nmerge : 1, sizeof(*v->merge));
+	v->mlen = ck_calloc(v->nmerge ? v->nmerge : 1, sizeof(*v->mlen));
+	if (!v->merge || !v->mlen)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (size_t i = 0; i < v->nmerge; i++)
+		arena += ck_tok_merge_str(v->t, i, NULL, 0) + 1;
+	v->marena = ck_malloc(arena ? arena : 1);
+	if (!v->marena)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (size_t i = 0; i < v->nmerge; i++) {
+		size_t n = ck_tok_merge_str(v->t, i, v->marena + pos, arena - pos);
+		v->merge[i] = v->marena + pos;
+		v->mlen[i] = n;
+		pos += n + 1;
 	}
 
-	/* The end-of-generation list of generation_config.json. */
-	snprintf(path, sizeof(path), "%s/generation_config.json", dir);
-	CK_TRY(parse_json_file(path, CONFIG_MAX, 1, &gc, d));
-	t = gc ? jget(gc, "eos_token_id") : NULL;
-	if (t && cJSON_IsArray(t)) {
-		const cJSON *e;
-		cJSON_ArrayForEach(e, t)
-			if (cJSON_IsNumber(e) && e->valuedouble >= 0 && e->valuedouble < (double)n_rows &&
-			    v->n_eos_list < CK_ARRAY_SIZE(v->eos_list))
-				v->eos_list[v->n_eos_list++] = (uint32_t)e->valuedouble;
-	}
-	cJSON_Delete(gc);
+	v->bos = role_id(v->t, CK_TOK_BOS, CK_TOK_BOS_ID);
+	v->eos = role_id(v->t, CK_TOK_EOS, CK_TOK_EOS_ID);
+	v->pad = role_id(v->t, CK_TOK_PAD, CK_TOK_PAD_ID);
+	/* the end-of-generation list of generation_config.json */
+	eos = ck_tok_generation_ids(v->t, CK_TOK_EOS_ID);
+	if (eos && eos->state == CK_TOK_IDS_SET)
+		for (size_t i = 0; i < eos->n && i < CK_ARRAY_SIZE(v->eos_list); i++)
+			if (eos->v[i] >= 0 && (uint64_t)eos->v[i] < n_rows)
+				v->eos_list[v->n_eos_list++] = (uint32_t)eos->v[i];
+	/* the template in effect: tokenizer_config's wins over chat_template.jinja */
+	v->tmpl = ck_tok_chat_template(v->t, &v->tmpl_len, NULL, NULL);
 	return 0;
 }
 
@@ -1325,7 +1178,7 @@ int ck_togguf(const char *src, const char *dst, const struct ck_togguf_opts *o, 
 	struct ck_out *out = NULL;
 	struct ck_ggw *w = NULL;
 	const char **inputs = NULL;
-	char tokdir[4096], cfg[4200];
+	char tokdir[4096];
 	size_t nt = 0, ninputs = 0;
 	uint64_t maxf = 1u << 20;
 	int rc;
@@ -1350,8 +1203,7 @@ int ck_togguf(const char *src, const char *dst, const struct ck_togguf_opts *o, 
 		snprintf(tokdir, sizeof(tokdir), "%s", o->tokenizer);
 	else
 		tokenizer_dir(ck_model_dir(c.m), tokdir, sizeof(tokdir));
-	snprintf(cfg, sizeof(cfg), "%s/config.json", ck_model_dir(c.m));
-	rc = load_vocab(tokdir, cfg, c.n_vocab, &v, d);
+	rc = load_vocab(tokdir, c.n_vocab, &v, d);
 	if (rc)
 		goto out;
 
