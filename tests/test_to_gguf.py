@@ -584,3 +584,35 @@ def test_real_tokenizer_kvs(tmp_path):
     assert llm.tokenize(s, add_bos=False, special=True) == [199998, 200006, 200008, 13225, 5922, 200007, 199999]
     llm.close()
 
+
+
+@needs_tiny
+def test_q8_0_matches_ggml_org_mxfp4_recipe_and_ls_shows_all(tmp_path):
+    """--outtype q8_0 with MXFP4 experts: ggml-org's gpt-oss-*-mxfp4.gguf recipe (Q8_0 token_embd,
+    output and attention; MXFP4 experts; F32 the rest; file_type 38), every tensor of the
+    19·L + 3 llama.cpp asks for, in llama-quantize's order; ckpt ls lists them and the KVs."""
+    out = tmp_path / "a.gguf"
+    r = convert(TINY, out, "--outtype", "q8_0")
+    names = [t.name for t in r.tensors]
+    types = {t.name: t.tensor_type for t in r.tensors}
+    layer = ["attn_k.bias", "attn_k.weight", "attn_norm.weight", "attn_output.bias", "attn_output.weight",
+             "attn_q.bias", "attn_q.weight", "attn_sinks.weight", "attn_v.bias", "attn_v.weight",
+             "ffn_down_exps.bias", "ffn_down_exps.weight", "ffn_gate_exps.bias", "ffn_gate_exps.weight",
+             "ffn_gate_inp.bias", "ffn_gate_inp.weight", "ffn_up_exps.bias", "ffn_up_exps.weight",
+             "post_attention_norm.weight"]
+    assert names == ["output.weight", "output_norm.weight", "token_embd.weight"] + [
+        f"blk.{i}.{n}" for i in range(2) for n in layer]
+    for n, ty in types.items():
+        if n in ("token_embd.weight", "output.weight") or n.split(".", 2)[-1] in (
+                "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight"):
+            assert ty == QT.Q8_0, n
+        elif "_exps.weight" in n:
+            assert ty == QT.MXFP4, n
+        else:
+            assert ty == QT.F32, n
+    assert r.fields["general.file_type"].contents() == 38
+    ls = run("ls", out)
+    assert ls.code == 0, ls
+    assert [l.split("\t")[0] for l in ls.out.splitlines()] == names
+    meta = run("ls", "--meta", out)
+    assert meta.code == 0 and "gpt-oss.expert_feed_forward_length" in meta.out and "tokenizer.ggml.pre" in meta.out
