@@ -101,7 +101,9 @@ static char *report_json(const struct ck_lora_plan *p, const char *base, const c
 		if (it->op == CK_LOP_NONE && !it->replace)
 			continue;
 		t = cJSON_CreateObject();
-		cJSON_AddStringToObject(t, "name", it->base->name);
+		cJSON_AddStringToObject(t, "name", it->out_name);
+		if (it->mx_scales)
+			cJSON_AddStringToObject(t, "from", "mxfp4");
 		cJSON_AddStringToObject(t, "op", it->op == CK_LOP_NONE ? "replace" : ck_lora_op_name(it->op));
 		cJSON_AddBoolToObject(t, "replaced", it->replace != NULL);
 		if (it->op != CK_LOP_NONE) {
@@ -122,6 +124,26 @@ static char *report_json(const struct ck_lora_plan *p, const char *base, const c
 	s = cJSON_Print(root);
 	cJSON_Delete(root);
 	return s;
+}
+
+static int write_config(struct ck_out *out, const char *dir, struct ck_diag *d)
+{
+	size_t n = strlen(dir) + 16, len;
+	char *path = ck_malloc(n), *src = NULL, *dst = NULL;
+	int rc;
+
+	if (!path)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	snprintf(path, n, "%s/config.json", dir);
+	rc = ck_read_file(path, CONFIG_MAX, &src, &len, d);
+	if (!rc)
+		rc = ck_json_drop_key(src, len, "quantization_config", &dst, d);
+	if (!rc)
+		rc = ck_out_write_file(out, "config.json", dst, strlen(dst), d);
+	free(path);
+	free(src);
+	free(dst);
+	return rc;
 }
 
 static enum ck_dtype dtype_of(const char *s)
@@ -199,8 +221,11 @@ int cmd_merge_lora(int argc, char **argv)
 	if ((rc = ck_lora_write(plan, base, out, o.shard_size, dtype_of(o.dtype), (int)o.jobs, &d)))
 		goto fail;
 	if (ck_model_kind(base) == CK_MODEL_FOLDER) {
-		const char *skip[] = { "merge-report.json" };
-		if ((rc = ck_copy_aux_files(out, ck_model_dir(base), skip, 1, &d)) < 0)
+		const char *skip[] = { "merge-report.json", "config.json" };
+		/* MXFP4 experts came out BF16: the config loses quantization_config. */
+		if (plan->nmxfp4 && (rc = write_config(out, ck_model_dir(base), &d)))
+			goto fail;
+		if ((rc = ck_copy_aux_files(out, ck_model_dir(base), skip, plan->nmxfp4 ? 2 : 1, &d)) < 0)
 			goto fail;
 	}
 	rep = report_json(plan, argv[0], argv[1], &o, NULL);
@@ -215,11 +240,14 @@ int cmd_merge_lora(int argc, char **argv)
 	if (rc)
 		goto fail;
 	if (!o.quiet) {
-		size_t nmerged = 0;
-		for (size_t i = 0; i < plan->nitems; i++)
+		size_t nmerged = 0, nout = 0;
+		for (size_t i = 0; i < plan->nitems; i++) {
 			nmerged += plan->items[i].op != CK_LOP_NONE || plan->items[i].replace;
-		printf("merged %zu adapter tensors into %zu of %zu tensors", plan->nadapter_tensors, nmerged,
-		       plan->nitems);
+			nout += !plan->items[i].drop;
+		}
+		printf("merged %zu adapter tensors into %zu of %zu tensors", plan->nadapter_tensors, nmerged, nout);
+		if (plan->nmxfp4)
+			printf("; %zu MXFP4 expert tensors dequantized to BF16", plan->nmxfp4);
 		if (plan->moe_layout != CK_MOE_AUTO)
 			printf("; experts: %s layout (decided by %s)", ck_moe_layout_name(plan->moe_layout),
 			       plan->moe_why);

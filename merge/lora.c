@@ -270,8 +270,11 @@ void ck_lora_plan_free(struct ck_lora_plan *p)
 {
 	if (!p)
 		return;
-	for (size_t i = 0; i < p->nitems; i++)
+	for (size_t i = 0; i < p->nitems; i++) {
 		free(p->items[i].key);
+		if (p->items[i].mx_scales)
+			free((char *)p->items[i].out_name);
+	}
 	free(p->items);
 	ck_lora_config_release(&p->cfg);
 	free(p);
@@ -322,16 +325,69 @@ static const char *strip_prefix(const char *name)
 	return strncmp(name, pre, sizeof(pre) - 1) ? name : name + sizeof(pre) - 1;
 }
 
+/* The item whose output is called name (an MXFP4 pair answers to X). */
 static struct ck_lora_item *item_of(struct planner *pl, const char *name)
 {
 	const struct ck_tensor *t = ck_model_find(pl->base, name);
-	if (!t)
-		return NULL;
-	/* items[] is in base file order: find by pointer. */
-	for (size_t i = 0; i < pl->p->nitems; i++)
-		if (pl->p->items[i].base == t)
-			return &pl->p->items[i];
+	for (size_t i = 0; i < pl->p->nitems; i++) {
+		struct ck_lora_item *it = &pl->p->items[i];
+		if (t ? it->base == t && !it->drop && !it->mx_scales : it->mx_scales && !strcmp(it->out_name, name))
+			return it;
+	}
 	return NULL;
+}
+
+/*
+ * Find the MXFP4 expert pairs of the base: X_blocks [E, OUT, G, 16] U8 with
+ * X_scales [E, OUT, G] U8.  Each becomes a BF16 X [E, 32G, OUT].
+ */
+static int find_mxfp4(struct planner *pl)
+{
+	struct ck_lora_plan *p = pl->p;
+	const char *bp = ck_model_path(pl->base);
+
+	for (size_t i = 0; i < p->nitems; i++) {
+		struct ck_lora_item *it = &p->items[i];
+		const struct ck_tensor *b = it->base, *s;
+		size_t l = strlen(b->name);
+		char *x, *sn;
+
+		if (!ends_with(b->name, l, "_blocks"))
+			continue;
+		if (!(x = ck_strndup(b->name, l - 7)) || !(sn = ck_malloc(l + 1))) {
+			free(x);
+			return ck_fail(pl->d, CK_ENOMEM, "out of memory");
+		}
+		snprintf(sn, l + 1, "%s_scales", x);
+		s = ck_model_find(pl->base, sn);
+		free(sn);
+		if (!s) {
+			free(x);
+			continue;
+		}
+		if (b->dtype != CK_DT_U8 || s->dtype != CK_DT_U8 || b->ndim != 4 || s->ndim != 3 ||
+		    b->shape[3] != 16 || memcmp(b->shape, s->shape, 3 * sizeof(uint64_t))) {
+			int rc = ck_fail(pl->d, CK_EINVAL, "'%s': tensor '%s': not an MXFP4 pair with '%s_scales' "
+					 "(want U8 [E, OUT, G, 16] and [E, OUT, G])", bp, b->name, x);
+			free(x);
+			return rc;
+		}
+		if (b->shape[2] > UINT64_MAX / 32) {
+			free(x);
+			return ck_fail(pl->d, CK_EINVAL, "'%s': tensor '%s': too many blocks", bp, b->name);
+		}
+		it->out_name = x;
+		it->mx_scales = s;
+		it->ndim = 3;
+		it->shape[0] = b->shape[0];
+		it->shape[1] = b->shape[2] * 32;
+		it->shape[2] = b->shape[1];
+		for (size_t j = 0; j < p->nitems; j++)
+			if (p->items[j].base == s)
+				p->items[j].drop = true;
+		p->nmxfp4++;
+	}
+	return 0;
 }
 
 static char *esc_name(const char *s, char *buf, size_t cap)
@@ -517,7 +573,7 @@ static int resolve_param(struct planner *pl, const char *mpath, size_t mlen, uns
 		return ck_fail(pl->d, CK_EINVAL, "'%s': module path too long", ck_model_path(pl->adapter));
 	for (size_t i = 0; i < CK_ARRAY_SIZE(param_order); i++) {
 		snprintf(name, sizeof(name), "%.*s.%s", (int)mlen, mpath, param_order[i]);
-		if (ck_model_find(b, name) && param_targeted(&pl->p->cfg, name))
+		if (item_of(pl, name) && param_targeted(&pl->p->cfg, name))
 			targeted[nt++] = param_order[i];
 	}
 	/* A targeted parameter we do not know the registration order of. */
@@ -542,14 +598,14 @@ static int resolve_param(struct planner *pl, const char *mpath, size_t mlen, uns
 /* The orientation an expert A/B pair implies for param [E, d1, d2]; AUTO when square. */
 static int expert_shapes(struct planner *pl, struct ck_lora_item *it, const struct amod *m)
 {
-	const struct ck_tensor *A = m->t[AK_A], *B = m->t[AK_B], *W = it->base;
-	uint64_t E = W->shape[0], d1 = W->shape[1], d2 = W->shape[2];
+	const struct ck_tensor *A = m->t[AK_A], *B = m->t[AK_B];
+	uint64_t E = it->shape[0], d1 = it->shape[1], d2 = it->shape[2];
 	const char *ap = ck_model_path(pl->adapter);
 
 	if (A->ndim != 2 || B->ndim != 2 || A->shape[0] != B->shape[1] || A->shape[0] % E)
 		return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': rank mismatch between lora_A [%" PRIu64
 			       ", ...] and lora_B [..., %" PRIu64 "] for %" PRIu64 " experts of '%s'", ap, m->path,
-			       A->shape[0], B->ndim == 2 ? B->shape[1] : 0, E, W->name);
+			       A->shape[0], B->ndim == 2 ? B->shape[1] : 0, E, it->out_name);
 	it->E = E;
 	if (A->shape[1] == d1 && B->shape[0] == d2 && d1 != d2)
 		it->layout = CK_MOE_STANDARD;
@@ -561,7 +617,7 @@ static int expert_shapes(struct planner *pl, struct ck_lora_item *it, const stru
 		return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': lora_A [%" PRIu64 ", %" PRIu64 "] and "
 			       "lora_B [%" PRIu64 ", %" PRIu64 "] do not fit '%s' [%" PRIu64 ", %" PRIu64 ", %" PRIu64
 			       "] either way", ap, m->path, A->shape[0], A->shape[1], B->shape[0], B->shape[1],
-			       W->name, E, d1, d2);
+			       it->out_name, E, d1, d2);
 	it->layout_why = it->layout == CK_MOE_AUTO ? NULL : "shapes";
 	return 0;
 }
@@ -623,12 +679,12 @@ static int map_module(struct planner *pl, struct amod *m)
 		it->A = A;
 		it->B = B;
 		pl->used[m->idx[AK_A]] = pl->used[m->idx[AK_B]] = true;
-		if (expert && it->base->ndim == 3) {
+		if (expert && it->ndim == 3) {
 			if (m->t[AK_MAG] || m->t[AK_BBIAS])
 				return ck_fail(pl->d, CK_EUNSUPPORTED, "'%s': module '%s': DoRA or lora_bias on "
 					       "expert parameters (PEFT refuses it too)", ap, m->path);
 			it->op = CK_LOP_EXPERTS;
-			it->key = ck_strdup(it->base->name);
+			it->key = ck_strdup(it->out_name);
 			if (!it->key)
 				return ck_fail(pl->d, CK_ENOMEM, "out of memory");
 			CK_TRY(expert_shapes(pl, it, m));
@@ -770,13 +826,18 @@ int ck_lora_plan(struct ck_lora_plan **out, const struct ck_model *base, const s
 		rc = ck_fail(d, CK_ENOMEM, "out of memory");
 		goto out;
 	}
-	for (size_t i = 0; i < p->nitems; i++)
-		p->items[i].base = ck_model_tensor(base, i);
+	for (size_t i = 0; i < p->nitems; i++) {
+		struct ck_lora_item *it = &p->items[i];
+		it->base = ck_model_tensor(base, i);
+		it->out_name = it->base->name;
+		it->ndim = it->base->ndim;
+		memcpy(it->shape, it->base->shape, sizeof(it->shape));
+	}
 	if (!na) {
 		rc = ck_fail(d, CK_EINVAL, "'%s': the adapter holds no tensors", ck_model_path(adapter));
 		goto out;
 	}
-	if ((rc = collect(&pl)))
+	if ((rc = find_mxfp4(&pl)) || (rc = collect(&pl)))
 		goto out;
 	for (size_t i = 0; i < pl.nmods && !rc; i++)
 		rc = map_module(&pl, &pl.mods[i]);
@@ -791,7 +852,7 @@ int ck_lora_plan(struct ck_lora_plan **out, const struct ck_model *base, const s
 		}
 	for (size_t i = 0; i < p->nitems && !rc; i++) {
 		struct ck_lora_item *it = &p->items[i];
-		if (it->op != CK_LOP_NONE && !ck_dtype_is_float(it->base->dtype))
+		if (it->op != CK_LOP_NONE && !it->mx_scales && !ck_dtype_is_float(it->base->dtype))
 			rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': dtype %s cannot take a LoRA delta "
 				     "(F32, F16 or BF16 bases only)", ck_model_path(base), it->base->name,
 				     ck_dtype_name(it->base->dtype));
@@ -809,4 +870,119 @@ out:
 	else
 		*out = p;
 	return rc;
+}
+
+/* ==================== config.json surgery ==================== */
+
+static size_t skip_ws(const char *s, size_t i, size_t n)
+{
+	while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+		i++;
+	return i;
+}
+
+/* Index just past the JSON string starting at s[i] == '"', or 0. */
+static size_t skip_string(const char *s, size_t i, size_t n)
+{
+	for (i++; i < n; i++) {
+		if (s[i] == '\\')
+			i++;
+		else if (s[i] == '"')
+			return i + 1;
+	}
+	return 0;
+}
+
+/* Index just past the JSON value at s[i], or 0 (a scanner: cJSON has checked the text). */
+static size_t skip_value(const char *s, size_t i, size_t n)
+{
+	int depth = 0;
+
+	if (i >= n)
+		return 0;
+	if (s[i] == '"')
+		return skip_string(s, i, n);
+	if (s[i] != '{' && s[i] != '[') {
+		/* a number, true, false or null: up to a delimiter */
+		while (i < n && !memchr(",}] \t\r\n", s[i], 7))
+			i++;
+		return i;
+	}
+	for (; i < n; i++) {
+		if (s[i] == '"') {
+			size_t e = skip_string(s, i, n);
+			if (!e)
+				return 0;
+			i = e - 1;
+		} else if (s[i] == '{' || s[i] == '[') {
+			depth++;
+		} else if ((s[i] == '}' || s[i] == ']') && !--depth) {
+			return i + 1;
+		}
+	}
+	return 0;
+}
+
+int ck_json_drop_key(const char *src, size_t len, const char *key, char **out, struct ck_diag *d)
+{
+	cJSON *root = cJSON_ParseWithLength(src, len);
+	size_t i, kl = strlen(key), prev_end = 0;	/* end of the previous member's value */
+	int ok = root && cJSON_IsObject(root);
+
+	cJSON_Delete(root);
+	*out = NULL;
+	if (!ok)
+		return ck_fail(d, CK_EINVAL, "config.json: not a JSON object");
+	i = skip_ws(src, 0, len) + 1;		/* past '{' */
+	for (;;) {
+		size_t ks, ke, vs, ve, next;
+		i = skip_ws(src, i, len);
+		if (i >= len || src[i] != '"')
+			break;
+		ks = i;
+		ke = skip_string(src, ks, len);
+		if (!ke)
+			break;
+		vs = skip_ws(src, ke, len);
+		if (vs >= len || src[vs] != ':')
+			break;
+		vs = skip_ws(src, vs + 1, len);
+		ve = skip_value(src, vs, len);
+		if (!ve)
+			break;
+		next = skip_ws(src, ve, len);
+		if (ke - ks == kl + 2 && !memcmp(src + ks + 1, key, kl)) {
+			/* The member and one comma: the one after it, else the one before. */
+			size_t cut_a = ks, cut_b = ve;
+			char *o;
+			if (next < len && src[next] == ',') {
+				cut_b = skip_ws(src, next + 1, len);
+			} else if (prev_end) {
+				cut_a = prev_end;
+				while (cut_a < ks && src[cut_a] != ',')
+					cut_a++;
+			}
+			o = ck_malloc(len - (cut_b - cut_a) + 1);
+			if (!o)
+				return ck_fail(d, CK_ENOMEM, "out of memory");
+			memcpy(o, src, cut_a);
+			memcpy(o + cut_a, src + cut_b, len - cut_b);
+			o[len - (cut_b - cut_a)] = 0;
+			root = cJSON_ParseWithLength(o, len - (cut_b - cut_a));
+			ok = root && cJSON_IsObject(root) && !cJSON_GetObjectItemCaseSensitive(root, key);
+			cJSON_Delete(root);
+			if (!ok) {
+				free(o);
+				return ck_fail(d, CK_EINVAL, "config.json: cannot remove \"%s\" cleanly", key);
+			}
+			*out = o;
+			return 0;
+		}
+		if (next >= len || src[next] != ',')
+			break;
+		prev_end = ve;
+		i = next + 1;
+	}
+	*out = ck_strndup(src, len);
+	return *out ? 0 : ck_fail(d, CK_ENOMEM, "out of memory");
 }

@@ -95,9 +95,19 @@ enum ck_lora_op {
 	CK_LOP_BIAS,		/* bias += s * lora_B.bias */
 };
 
-/* One output tensor: a base tensor, and what happens to it. */
+/*
+ * One output tensor: a base tensor, and what happens to it.  An MXFP4
+ * expert pair (X_blocks [E, OUT, G, 16] + X_scales [E, OUT, G], gpt-oss)
+ * is one item on the blocks tensor: it is written as X, BF16, in the HF
+ * layout [E, IN = 32G, OUT], and the scales' item is dropped.
+ */
 struct ck_lora_item {
 	const struct ck_tensor *base;
+	const char *out_name;			/* the base's name, or X for an MXFP4 pair */
+	int ndim;				/* the logical shape (the base's, or [E, IN, OUT]) */
+	uint64_t shape[CK_MAX_DIMS];
+	const struct ck_tensor *mx_scales;	/* MXFP4 pair: the scales (base is the blocks) */
+	bool drop;				/* not written: the scales of an MXFP4 pair */
 	const struct ck_tensor *replace;	/* adapter tensor that replaces the data, or NULL */
 	enum ck_lora_op op;
 	const struct ck_tensor *A, *B;		/* lora_A, lora_B (LINEAR/EMBED/EXPERTS), lora_B.bias (BIAS: B) */
@@ -119,6 +129,7 @@ struct ck_lora_plan {
 	size_t nadapter_tensors;		/* every one consumed */
 	enum ck_moe_layout moe_layout;		/* the decision for expert params (AUTO if none) */
 	const char *moe_why;
+	size_t nmxfp4;				/* MXFP4 expert pairs dequantized to BF16 */
 };
 
 struct ck_lora_opts {
@@ -145,6 +156,15 @@ void ck_lora_plan_free(struct ck_lora_plan *p);
  */
 int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck_out *o,
 		  uint64_t shard_size, enum ck_dtype out_dtype, int jobs, struct ck_diag *d);
+
+/*
+ * Remove the top-level member key from the JSON object text src[0..len)
+ * and keep every other byte as it is (transformers' strict config classes
+ * refuse 7 where the file said 7.0, so a re-serialization will not do).
+ * *out is a new NUL-terminated string; a missing key copies src.  Returns 0,
+ * CK_EINVAL for text that is not a JSON object, or CK_ENOMEM.
+ */
+int ck_json_drop_key(const char *src, size_t len, const char *key, char **out, struct ck_diag *d);
 
 const char *ck_lora_op_name(enum ck_lora_op op);
 const char *ck_moe_layout_name(enum ck_moe_layout l);

@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 #include "lora.h"
 #include "../libtensor/model.h"
+#include "../quant/mxfp4.h"
 #include "../libtensor/stwriter.h"
 
 #define BLOCK_ELEMS (1u << 21)	/* elements per row block (8 MB of fp32) */
@@ -24,6 +25,8 @@ struct job {
 	uint64_t R, C, r, rE;
 	float s32;
 	float *A, *B, *Bt, *mag;
+	int jobs;
+	uint16_t *slice;		/* MXFP4: the current expert dequantized, [IN, OUT] BF16 */
 	/* per block */
 	uint64_t r0, nrows;
 	float *w;			/* nrows x C: in: W; out: W' */
@@ -55,7 +58,7 @@ static void do_rows(struct job *j, uint64_t a, uint64_t b, int grouped, float *u
 {
 	const struct ck_lora_item *it = j->it;
 	uint64_t C = j->C, r = j->r;
-	enum ck_dtype bdt = it->base->dtype;
+	enum ck_dtype bdt = it->mx_scales ? CK_DT_BF16 : it->base->dtype;
 
 	for (uint64_t row = a; row < b; row++) {
 		uint64_t gr = j->r0 + row;	/* row in the whole tensor */
@@ -82,7 +85,7 @@ static void do_rows(struct job *j, uint64_t a, uint64_t b, int grouped, float *u
 			}
 			break;
 		case CK_LOP_EXPERTS: {
-			uint64_t d1 = it->base->shape[1], e = gr / d1, x = gr % d1;
+			uint64_t d1 = it->shape[1], e = gr / d1, x = gr % d1;
 			for (uint64_t k = 0; k < r; k++) {
 				uint64_t col = grouped ? e * r + k : k * it->E + e;
 				if (it->layout == CK_MOE_STANDARD) {
@@ -200,6 +203,50 @@ static int run_block(struct job *j, int jobs, int grouped, struct ck_diag *d)
 	return 0;
 }
 
+/* Dequantize expert e of an MXFP4 pair into slice ([IN, OUT] BF16, the HF layout). */
+static int mx_expert(const struct ck_lora_item *it, uint64_t e, uint16_t *slice, int jobs, struct ck_diag *d)
+{
+	const struct ck_tensor *b = it->base, *s = it->mx_scales;
+	uint64_t out = b->shape[1], g = b->shape[2];
+	struct ck_mx_where w;
+	const uint8_t *bp = b->data + e * out * g * CK_MX_BLOCK_BYTES, *sp = s->data + e * out * g;
+	int rc = ck_mx_dequant_slice(bp, sp, out, g, 1, slice, jobs, &w);
+
+	if (rc)
+		return ck_fail(d, rc, "tensor '%s': expert %" PRIu64 " row %" PRIu64 " block %" PRIu64
+			       ": scale byte 255 (NaN)", s->name, e, w.row, w.block);
+	ck_model_done_range(bp, out * g * CK_MX_BLOCK_BYTES);
+	ck_model_done_range(sp, out * g);
+	return 0;
+}
+
+/* An untouched MXFP4 pair: dequantize expert by expert into the output dtype. */
+static int write_mx_plain(struct ck_stw *w, const struct ck_lora_item *it, enum ck_dtype to, int jobs,
+			  struct ck_diag *d)
+{
+	uint64_t n = it->shape[1] * it->shape[2];
+	uint16_t *slice = ck_mallocarray(n, sizeof(uint16_t));
+	void *buf = to == CK_DT_BF16 ? NULL : ck_mallocarray(n, ck_dtype_bits(to) / 8);
+	int rc = 0;
+
+	if (!slice || (to != CK_DT_BF16 && !buf))
+		rc = ck_fail(d, CK_ENOMEM, "out of memory");
+	for (uint64_t e = 0; e < it->shape[0] && !rc; e++) {
+		rc = mx_expert(it, e, slice, jobs, d);
+		if (rc)
+			break;
+		if (to == CK_DT_BF16) {
+			rc = ck_stw_write(w, slice, n * 2, d);
+		} else {
+			ck_convert(CK_DT_BF16, slice, to, buf, n);
+			rc = ck_stw_write(w, buf, n * (ck_dtype_bits(to) / 8), d);
+		}
+	}
+	free(slice);
+	free(buf);
+	return rc;
+}
+
 /* bias += s * lora_B.bias (PEFT: in fp32, one rounding to the bias dtype). */
 static int write_bias(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype out_dt, struct ck_diag *d)
 {
@@ -236,7 +283,6 @@ static int write_merged(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype
 			int grouped, struct ck_diag *d)
 {
 	const struct ck_tensor *src = it->replace ? it->replace : it->base;
-	const struct ck_tensor *W = it->base;
 	struct job j = { .it = it, .src = src, .out_dt = out_dt, .s32 = (float)it->scale };
 	size_t in_sz = ck_dtype_bits(src->dtype) / 8, out_sz = ck_dtype_bits(out_dt) / 8;
 	uint64_t block;
@@ -245,8 +291,9 @@ static int write_merged(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype
 
 	if (it->op == CK_LOP_BIAS)
 		return write_bias(w, it, out_dt, d);
-	j.R = it->op == CK_LOP_EXPERTS ? W->shape[0] * W->shape[1] : W->shape[0];
-	j.C = W->shape[W->ndim - 1];
+	j.R = it->op == CK_LOP_EXPERTS ? it->shape[0] * it->shape[1] : it->shape[0];
+	j.C = it->shape[it->ndim - 1];
+	j.jobs = jobs;
 	j.r = it->r;
 	j.rE = it->r * it->E;
 	j.A = load_floats(it->A);
@@ -269,25 +316,40 @@ static int write_merged(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype
 	block = BLOCK_ELEMS / j.C ? BLOCK_ELEMS / j.C : 1;
 	if (block > j.R)
 		block = j.R;
+	if (it->mx_scales) {
+		/* One expert per block: it is dequantized whole. */
+		block = it->shape[1];
+		j.slice = ck_mallocarray(block * j.C, sizeof(uint16_t));
+		if (!j.slice)
+			goto nomem;
+	}
 	j.w = ck_mallocarray(block * j.C, sizeof(float));
 	obuf = ck_mallocarray(block * j.C, out_sz);
 	if (!j.w || !obuf)
 		goto nomem;
 	for (uint64_t r0 = 0; r0 < j.R && !rc; r0 += block) {
 		uint64_t n = j.R - r0 < block ? j.R - r0 : block;
-		const uint8_t *p = src->data + r0 * j.C * in_sz;
+		const uint8_t *p = it->mx_scales ? NULL : src->data + r0 * j.C * in_sz;
 		j.r0 = r0;
 		j.nrows = n;
-		ck_convert(src->dtype, p, CK_DT_F32, j.w, n * j.C);
+		if (it->mx_scales) {
+			rc = mx_expert(it, r0 / block, j.slice, jobs, d);
+			if (rc)
+				break;
+			ck_bf16_to_f32_n(j.slice, j.w, n * j.C);
+		} else {
+			ck_convert(src->dtype, p, CK_DT_F32, j.w, n * j.C);
+		}
 		rc = run_block(&j, jobs, grouped, d);
 		if (!rc && j.bad)
 			rc = ck_fail(d, CK_EINVAL, "merged tensor '%s': non-finite value (the adapter overflows "
-				     "the base dtype)", W->name);
+				     "the base dtype)", it->out_name);
 		if (!rc) {
 			ck_convert(CK_DT_F32, j.w, out_dt, obuf, n * j.C);
 			rc = ck_stw_write(w, obuf, n * j.C * out_sz, d);
 		}
-		ck_model_done_range(p, n * j.C * in_sz);
+		if (p)
+			ck_model_done_range(p, n * j.C * in_sz);
 	}
 	it->max_delta = j.max_delta;
 	goto out;
@@ -299,6 +361,7 @@ out:
 	free(j.Bt);
 	free(j.mag);
 	free(j.w);
+	free(j.slice);
 	free(obuf);
 	return rc;
 }
@@ -328,19 +391,23 @@ int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck
 	struct ck_stw_tensor *plan = ck_calloc(p->nitems, sizeof(*plan));
 	struct ck_stw *w = NULL;
 	int grouped = p->cfg.b_layout == CK_LORA_B_GROUPED;
+	size_t n = 0;
 	int rc;
 
 	if (!plan)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
 	for (size_t i = 0; i < p->nitems; i++) {
-		const struct ck_tensor *t = p->items[i].base;
-		plan[i].name = t->name;
-		plan[i].dtype = out_dtype != CK_DT_UNKNOWN && ck_dtype_is_float(t->dtype) ? out_dtype : t->dtype;
-		plan[i].ndim = t->ndim;
-		memcpy(plan[i].shape, t->shape, sizeof(t->shape));
-		plan[i].user = i;
+		const struct ck_lora_item *it = &p->items[i];
+		enum ck_dtype dt = it->mx_scales ? CK_DT_BF16 : it->base->dtype;
+		if (it->drop)
+			continue;
+		plan[n].name = it->out_name;
+		plan[n].dtype = out_dtype != CK_DT_UNKNOWN && ck_dtype_is_float(dt) ? out_dtype : dt;
+		plan[n].ndim = it->ndim;
+		memcpy(plan[n].shape, it->shape, sizeof(it->shape));
+		plan[n++].user = i;
 	}
-	rc = ck_stw_plan(&w, o, plan, p->nitems, shard_size, NULL, NULL, 0, d);
+	rc = ck_stw_plan(&w, o, plan, n, shard_size, NULL, NULL, 0, d);
 	for (size_t k = 0; !rc && k < ck_stw_count(w); k++) {
 		const struct ck_stw_tensor *pt = ck_stw_tensor(w, k);
 		struct ck_lora_item *it = &p->items[pt->user];
@@ -348,6 +415,8 @@ int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck
 
 		if (it->op != CK_LOP_NONE)
 			rc = write_merged(w, it, pt->dtype, jobs, grouped, d);
+		else if (it->mx_scales)
+			rc = write_mx_plain(w, it, pt->dtype, jobs, d);
 		else if (it->replace)
 			rc = write_converted(w, it->replace, pt->dtype, d);
 		else if (pt->dtype == t->dtype)

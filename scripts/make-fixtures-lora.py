@@ -60,7 +60,58 @@ CASES = {
 	"oss-tok-vocab": ("oss", dict(r=4, lora_alpha=8, target_modules=["q_proj"]), "vocab"),
 }
 
-PROMPT_IDS = None
+# On an MXFP4 base: the expert LoRA PEFT drops (with only a warning) when the
+# experts stay quantized (GPU + kernels); the reference dequantizes the base
+# with transformers (Mxfp4Config(dequantize=True)), then merges.
+MXFP4_CASES = {"oss-mxfp4-experts": "oss-experts"}
+MXFP4_BASE = OUT / "tiny-gpt-oss-mxfp4"
+FP4 = np.array([0, .5, 1, 1.5, 2, 3, 4, 6], np.float32)
+
+
+def mxfp4_quant(w):
+	"""[E, in, out] float -> blocks [E, out, in/32, 16], scales [E, out, in/32] (low nibble first).
+	Any valid encoding will do: this only makes the base; transformers decodes it for the reference."""
+	w = w.transpose(0, 2, 1)
+	E, O, I = w.shape
+	b = w.reshape(E, O, I // 32, 32)
+	amax = np.abs(b).max(-1)
+	s = np.clip(np.where(amax > 0, np.ceil(np.log2(np.maximum(amax, 1e-30) / 6)), -127), -127, 127)
+	x = b / np.exp2(s)[..., None]
+	idx = np.abs(np.abs(x)[..., None] - FP4).argmin(-1)
+	code = (idx | (np.signbit(x) & (idx > 0)) * 8).astype(np.uint8)
+	return (np.ascontiguousarray(code[..., 0::2] | (code[..., 1::2] << 4)),
+	        np.ascontiguousarray((s + 127).astype(np.uint8)))
+
+
+def make_mxfp4_base():
+	from safetensors.torch import load_file as tload, save_file as tsave
+	src, dst = BASES["oss"], MXFP4_BASE
+	dst.mkdir(parents=True)
+	sd = {}
+	for f in sorted(src.glob("*.safetensors")):
+		sd.update(tload(str(f)))
+	out = {}
+	for k, v in sd.items():
+		if k.endswith("experts.gate_up_proj") or k.endswith("experts.down_proj"):
+			bl, sc = mxfp4_quant(v.float().numpy())
+			out[k + "_blocks"], out[k + "_scales"] = torch.from_numpy(bl), torch.from_numpy(sc)
+		else:
+			out[k] = v
+	tsave(out, str(dst / "model.safetensors"), metadata={"format": "pt"})
+	cfg = json.loads((src / "config.json").read_text())
+	cfg["quantization_config"] = {"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+	                                                         "model.embed_tokens", "lm_head"],
+	                              "quant_method": "mxfp4"}
+	(dst / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+	for f in ("generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+		shutil.copyfile(src / f, dst / f)
+
+
+def load_mxfp4_dequantized():
+	from transformers import AutoModelForCausalLM, Mxfp4Config
+	m = AutoModelForCausalLM.from_pretrained(MXFP4_BASE, quantization_config=Mxfp4Config(dequantize=True),
+	                                         dtype=torch.bfloat16, attn_implementation="eager")
+	return m.to(torch.bfloat16)
 
 
 def prompt_ids():
@@ -143,6 +194,20 @@ def make():
 		save_file(changed, str(OUT / "ref" / f"{case}.safetensors"), metadata=meta)
 		ad = tload(str(d / "adapter_model.safetensors"))
 		print(f"{case}: {len(ad)} adapter tensors, {len(changed) - 1} merged tensors changed")
+	make_mxfp4_base()
+	from safetensors.torch import load_file as tload2
+	raw = tload2(str(MXFP4_BASE / "model.safetensors"))
+	for case, adapter in MXFP4_CASES.items():
+		merged = PeftModel.from_pretrained(load_mxfp4_dequantized(), OUT / adapter).merge_and_unload()
+		ref = {}
+		for k, v in merged.state_dict().items():
+			if k not in raw or not torch.equal(v, raw[k]):
+				ref[k] = v.detach().contiguous().view(torch.uint16).numpy()
+		ref["__logits__"] = logits_of(merged)
+		save_file(ref, str(OUT / "ref" / f"{case}.safetensors"),
+		          metadata={"case": case, "base": MXFP4_BASE.name, "adapter": adapter,
+		                    "dtype": "BF16 bit patterns stored as U16"})
+		print(f"{case}: {len(ref) - 1} tensors differ from the MXFP4 base")
 	import importlib.metadata as md
 	(OUT / "VERSIONS.txt").write_text("# scripts/make-fixtures-lora.py\n" + "".join(
 		f"{n}=={md.version(n)}\n" for n in ("torch", "transformers", "peft", "safetensors", "numpy")))

@@ -30,7 +30,11 @@ CASES = {
     "oss-experts": [],
     "oss-experts-gateup": [],
     "oss-experts-down": ["--moe-layout", "standard"],
+    "oss-mxfp4-experts": [],
 }
+MXFP4_BASE = LORA / "tiny-gpt-oss-mxfp4"
+# case -> adapter folder, when the case has no adapter of its own
+ADAPTER = {"oss-mxfp4-experts": "oss-experts"}
 
 
 def raw_tensors(folder):
@@ -60,22 +64,28 @@ def bf16_ulps(a, b):
 
 
 def base_of(case):
-    return BASES[case.split("-")[0]]
+    return MXFP4_BASE if "mxfp4" in case else BASES[case.split("-")[0]]
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_equals_peft(case, tmp_path):
     out = tmp_path / "merged"
-    r = run("merge-lora", base_of(case), LORA / case, out, *CASES[case])
+    r = run("merge-lora", base_of(case), LORA / ADAPTER.get(case, case), out, *CASES[case])
     assert r.code == 0, r
     got = raw_tensors(out)
     base = raw_tensors(base_of(case))
     ref = load_file(str(LORA / "ref" / f"{case}.safetensors"))
     ref.pop("__logits__")
-    assert set(got) == set(base)
+    # MXFP4 pairs come out as one BF16 tensor each (the HF layout); the rest keeps its names.
+    pairs = {k[:-len("_blocks")] for k in base if k.endswith("_blocks")}
+    packed = {p + sfx for p in pairs for sfx in ("_blocks", "_scales")}
+    assert set(got) == (set(base) - packed) | pairs
     total = exact = 0
     for name, (dt, shape, data) in got.items():
-        assert (dt, shape) == base[name][:2], name
+        if name in pairs:
+            assert dt == "BF16" and name in ref, name
+        else:
+            assert (dt, shape) == base[name][:2], name
         if name not in ref:
             assert data == base[name][2], f"{name} changed but PEFT left it alone"
             continue
@@ -91,9 +101,13 @@ def test_equals_peft(case, tmp_path):
     rep = json.loads((out / "merge-report.json").read_text())
     assert rep["adapter_tensors"] == rep["adapter_tensors_consumed"]
     assert {t["name"] for t in rep["tensors"]} >= set(ref)
-    # config and tokenizer come along byte for byte
-    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+    # config and tokenizer come along byte for byte (an MXFP4 base loses quantization_config)
+    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (out / f).read_bytes() == (base_of(case) / f).read_bytes()
+    cfg, bcfg = json.loads((out / "config.json").read_text()), json.loads((base_of(case) / "config.json").read_text())
+    if pairs:
+        assert bcfg.pop("quantization_config") and "quantization_config" not in cfg
+    assert cfg == bcfg
 
 
 def test_square_experts_need_a_decision(tmp_path):
