@@ -43,35 +43,73 @@ static void note_bad(struct slice_job *j, uint64_t row, uint64_t block, uint32_t
 	}
 }
 
-static void *dequant_rows(void *arg)
+/* ck_mx_decode for every scale byte and code: 8 KiB, built once. */
+static uint16_t decode_lut[256][16];
+static pthread_once_t decode_once = PTHREAD_ONCE_INIT;
+
+static void build_lut(void)
 {
-	struct slice_job *j = arg;
+	for (unsigned s = 0; s < 255; s++)
+		for (unsigned c = 0; c < 16; c++)
+			decode_lut[s][c] = ck_mx_decode(c, s);
+}
+
+static void decode_block_lut(const uint8_t *blk, unsigned s, uint16_t *out)
+{
+	const uint16_t *t = decode_lut[s];
+	for (int j = 0; j < CK_MX_BLOCK_BYTES; j++) {
+		out[2 * j] = t[blk[j] & 15];
+		out[2 * j + 1] = t[blk[j] >> 4];
+	}
+}
+
+/* Dequantize rows [o0, o0+n) of block column b. */
+static void dequant_tile(struct slice_job *j, uint64_t o0, uint64_t n, uint64_t b)
+{
 	uint16_t tile[TILE][CK_MX_BLOCK];
 
-	for (uint64_t o0 = j->r0; o0 < j->r1; o0 += TILE) {
-		uint64_t n = j->r1 - o0 < TILE ? j->r1 - o0 : TILE;
-		for (uint64_t b = 0; b < j->g; b++) {
-			for (uint64_t r = 0; r < n; r++) {
-				uint64_t i = (o0 + r) * j->g + b;
-				unsigned s = j->scales[i];
-				uint16_t *row = j->transposed ? tile[r] : j->dst + i * CK_MX_BLOCK;
-				if (s == CK_MX_SCALE_NAN) {
-					note_bad(j, o0 + r, b, 0);
-					memset(row, 0, CK_MX_BLOCK * sizeof(*row));
-					continue;
-				}
-				ck_mx_decode_block(j->blocks + i * CK_MX_BLOCK_BYTES, s, row);
-			}
-			if (!j->transposed)
-				continue;
-			/* element k of block b is input row 32b+k of the HF [in, out] matrix */
-			for (int k = 0; k < CK_MX_BLOCK; k++) {
-				uint16_t *d = j->dst + (b * CK_MX_BLOCK + (uint64_t)k) * j->out + o0;
-				for (uint64_t r = 0; r < n; r++)
-					d[r] = tile[r][k];
-			}
+	for (uint64_t r = 0; r < n; r++) {
+		uint64_t i = (o0 + r) * j->g + b;
+		unsigned s = j->scales[i];
+		uint16_t *row = j->transposed ? tile[r] : j->dst + i * CK_MX_BLOCK;
+		if (s == CK_MX_SCALE_NAN) {
+			note_bad(j, o0 + r, b, 0);
+			memset(row, 0, CK_MX_BLOCK * sizeof(*row));
+			continue;
 		}
+		decode_block_lut(j->blocks + i * CK_MX_BLOCK_BYTES, s, row);
 	}
+	if (!j->transposed)
+		return;
+	/* element k of block b is input row 32b+k of the HF [in, out] matrix */
+	for (int k = 0; k < CK_MX_BLOCK; k++) {
+		uint16_t *d = j->dst + (b * CK_MX_BLOCK + (uint64_t)k) * j->out + o0;
+		for (uint64_t r = 0; r < n; r++)
+			d[r] = tile[r][k];
+	}
+}
+
+/*
+ * The loop order follows the strided side: for the HF form, one block
+ * column at a time across all rows, so the 32 output rows it fills are
+ * written front to back; for the plain form, row after row.
+ */
+static void each_tile(struct slice_job *j, void (*fn)(struct slice_job *, uint64_t, uint64_t, uint64_t))
+{
+	if (j->transposed) {
+		for (uint64_t b = 0; b < j->g; b++)
+			for (uint64_t o0 = j->r0; o0 < j->r1; o0 += TILE)
+				fn(j, o0, j->r1 - o0 < TILE ? j->r1 - o0 : TILE, b);
+	} else {
+		for (uint64_t o0 = j->r0; o0 < j->r1; o0 += TILE)
+			for (uint64_t b = 0; b < j->g; b++)
+				fn(j, o0, j->r1 - o0 < TILE ? j->r1 - o0 : TILE, b);
+	}
+}
+
+static void *dequant_rows(void *arg)
+{
+	each_tile(arg, dequant_tile);
 	return NULL;
 }
 
@@ -92,36 +130,48 @@ static float load(enum ck_dtype dt, const void *p, uint64_t i)
 	return f;
 }
 
+/* n consecutive elements from index i into dst with stride (the BF16 case is the hot one). */
+static void gather(enum ck_dtype dt, const void *p, uint64_t i, uint64_t n, float *dst, size_t stride)
+{
+	if (dt == CK_DT_BF16) {
+		const uint8_t *b = (const uint8_t *)p + 2 * i;
+		for (uint64_t r = 0; r < n; r++) {
+			uint16_t h;
+			memcpy(&h, b + 2 * r, 2);
+			dst[r * stride] = ck_mx_bits_f32((uint32_t)h << 16);
+		}
+		return;
+	}
+	for (uint64_t r = 0; r < n; r++)
+		dst[r * stride] = load(dt, p, i + r);
+}
+
+/* Quantize rows [o0, o0+n) of block column b. */
+static void quant_tile(struct slice_job *j, uint64_t o0, uint64_t n, uint64_t b)
+{
+	float tile[TILE][CK_MX_BLOCK];
+
+	if (j->transposed) {
+		for (int k = 0; k < CK_MX_BLOCK; k++)
+			gather(j->dt, j->src, (b * CK_MX_BLOCK + (uint64_t)k) * j->out + o0, n, &tile[0][k],
+			       CK_MX_BLOCK);
+	} else {
+		for (uint64_t r = 0; r < n; r++)
+			gather(j->dt, j->src, (o0 + r) * j->g * CK_MX_BLOCK + b * CK_MX_BLOCK, CK_MX_BLOCK,
+			       tile[r], 1);
+	}
+	for (uint64_t r = 0; r < n; r++) {
+		uint64_t i = (o0 + r) * j->g + b;
+		int bad = ck_mx_encode_block(tile[r], j->rule, j->qblocks + i * CK_MX_BLOCK_BYTES,
+					     j->qscales + i);
+		if (bad)
+			note_bad(j, o0 + r, b, (uint32_t)bad - 1);
+	}
+}
+
 static void *quant_rows(void *arg)
 {
-	struct slice_job *j = arg;
-	float tile[TILE][CK_MX_BLOCK];
-	uint64_t in = j->g * CK_MX_BLOCK;
-
-	for (uint64_t o0 = j->r0; o0 < j->r1; o0 += TILE) {
-		uint64_t n = j->r1 - o0 < TILE ? j->r1 - o0 : TILE;
-		for (uint64_t b = 0; b < j->g; b++) {
-			if (j->transposed) {
-				for (int k = 0; k < CK_MX_BLOCK; k++) {
-					uint64_t base = (b * CK_MX_BLOCK + (uint64_t)k) * j->out + o0;
-					for (uint64_t r = 0; r < n; r++)
-						tile[r][k] = load(j->dt, j->src, base + r);
-				}
-			} else {
-				for (uint64_t r = 0; r < n; r++)
-					for (int k = 0; k < CK_MX_BLOCK; k++)
-						tile[r][k] = load(j->dt, j->src,
-								  (o0 + r) * in + b * CK_MX_BLOCK + (uint64_t)k);
-			}
-			for (uint64_t r = 0; r < n; r++) {
-				uint64_t i = (o0 + r) * j->g + b;
-				int bad = ck_mx_encode_block(tile[r], j->rule,
-							     j->qblocks + i * CK_MX_BLOCK_BYTES, j->qscales + i);
-				if (bad)
-					note_bad(j, o0 + r, b, (uint32_t)bad - 1);
-			}
-		}
-	}
+	each_tile(arg, quant_tile);
 	return NULL;
 }
 
@@ -179,6 +229,7 @@ int ck_mx_dequant_slice(const uint8_t *blocks, const uint8_t *scales, uint64_t o
 			       .transposed = transposed };
 	struct ck_mx_where tmp;
 
+	pthread_once(&decode_once, build_lut);
 	return run_rows(dequant_rows, &j, threads, w ? w : &tmp) ? CK_EINVAL : 0;
 }
 

@@ -183,12 +183,27 @@ CK_MX_FN unsigned ck_mx_mag_code(float a, enum ck_mx_round r)
 CK_MX_FN unsigned ck_mx_encode(float x, float q, enum ck_mx_round r)
 {
 	float y = x * q;	/* exact: q is a power of two (or 0 for an all-zero block) */
-	unsigned neg = ck_mx_f32_bits(y) >> 31;
-	unsigned c = ck_mx_mag_code(neg ? -y : y, r);
+	uint32_t u = ck_mx_f32_bits(y);
+	unsigned neg = u >> 31;
+	unsigned c = ck_mx_mag_code(ck_mx_bits_f32(u & 0x7FFFFFFFu), r);
 
-	if (r == CK_MX_ROUND_GGML && c == 0)
-		return 0;	/* ggml's argmin picks code 0 before code 8 */
+	if (r == CK_MX_ROUND_GGML)
+		neg &= c != 0;	/* ggml's argmin picks code 0 before code 8 */
 	return c | neg << 3;
+}
+
+/*
+ * Pack 32 elements with inverse scale q (r a constant, so each rule gets its
+ * own loop): codes first, then nibbles, so the first loop can be vectorized.
+ */
+CK_MX_FN void ck_mx_pack(const float *x, float q, enum ck_mx_round r, uint8_t *blk)
+{
+	uint8_t c[CK_MX_BLOCK];
+
+	for (int k = 0; k < CK_MX_BLOCK; k++)
+		c[k] = (uint8_t)ck_mx_encode(x[k], q, r);
+	for (int j = 0; j < CK_MX_BLOCK_BYTES; j++)
+		blk[j] = (uint8_t)(c[2 * j] | c[2 * j + 1] << 4);
 }
 
 /*
@@ -197,22 +212,35 @@ CK_MX_FN unsigned ck_mx_encode(float x, float q, enum ck_mx_round r)
  */
 CK_MX_FN int ck_mx_encode_block(const float *x, struct ck_mx_rule rule, uint8_t *blk, uint8_t *scale)
 {
-	float amax = 0.0f, q;
+	uint32_t umax = 0;
+	float amax, q;
 	unsigned s;
 
+	/* |x| bits order like the magnitudes, Inf and NaN above every finite value */
 	for (int k = 0; k < CK_MX_BLOCK; k++) {
 		uint32_t u = ck_mx_f32_bits(x[k]) & 0x7FFFFFFFu;
-		if (u >= 0x7F800000u)
-			return k + 1;
-		if (ck_mx_bits_f32(u) > amax)
-			amax = ck_mx_bits_f32(u);
+		umax = u > umax ? u : umax;
 	}
+	if (umax >= 0x7F800000u) {
+		for (int k = 0; k < CK_MX_BLOCK; k++)
+			if ((ck_mx_f32_bits(x[k]) & 0x7FFFFFFFu) >= 0x7F800000u)
+				return k + 1;
+	}
+	amax = ck_mx_bits_f32(umax);
 	s = ck_mx_scale_byte(amax, rule.scale);
 	/* triton multiplies by 1/scale, which is 0 for an all-zero block: signs survive */
 	q = amax == 0.0f ? 0.0f : ck_mx_inv_scale(s);
-	for (int j = 0; j < CK_MX_BLOCK_BYTES; j++)
-		blk[j] = (uint8_t)(ck_mx_encode(x[2 * j], q, rule.round) |
-				   ck_mx_encode(x[2 * j + 1], q, rule.round) << 4);
+	switch (rule.round) {
+	case CK_MX_ROUND_HALF_UP:
+		ck_mx_pack(x, q, CK_MX_ROUND_HALF_UP, blk);
+		break;
+	case CK_MX_ROUND_GGML:
+		ck_mx_pack(x, q, CK_MX_ROUND_GGML, blk);
+		break;
+	default:
+		ck_mx_pack(x, q, CK_MX_ROUND_RNE, blk);
+		break;
+	}
 	*scale = (uint8_t)s;
 	return 0;
 }

@@ -246,6 +246,10 @@ static int run_q(struct ck_stw *w, struct job *j, struct qsrc *q, int blocks, st
 		}
 		if (blocks)
 			rc = ck_stw_write(w, bb, nb, d);
+		/* done with this expert's pages: keep the page cache (and RSS) to one slice */
+		ck_model_done_range(src, q->out * q->in * (ck_dtype_bits(t->dtype) / 8));
+		if (q->kb)
+			ck_model_done_range(q->kb->data + x * nb, nb);
 	}
 out:
 	free(bb);

@@ -89,7 +89,7 @@ static void mxfp4_canonical_blocks_round_trip(void)
 	int bad = 0;
 	srand(5);
 	for (int t = 0; t < 20000; t++) {
-		uint8_t blk[16], back[16], s2;
+		uint8_t blk[16], back[16], s2 = 0;
 		uint16_t v[32];
 		float x[32];
 		unsigned s = 1 + (unsigned)rand() % 250;
