@@ -240,3 +240,18 @@ def test_output_is_not_left_on_failure(tmp_path):
 def test_help(tool):
     r = run(tool, "-h")
     assert r.code == 0 and "--jobs" in r.out and "--force" in r.out
+
+
+def test_unsloth_chain_keep_equals_hf(tmp_path):
+    """dequant-nf4 --layout keep (per-expert) then quant-mxfp4 == dequant-nf4 --layout hf then quant-mxfp4."""
+    src = FIXTURES / "bnb" / "tiny-gpt-oss-unsloth-bnb4"
+    if not src.exists() or run("dequant-nf4", "-h").code != 0:
+        pytest.skip("needs dequant-nf4 and the bnb fixtures")
+    for lay in ("keep", "hf"):
+        assert run("dequant-nf4", "--layout", lay, src, tmp_path / lay).code == 0
+        r = run("quant-mxfp4", tmp_path / lay, tmp_path / f"q-{lay}.safetensors")
+        assert r.code == 0, r
+    a, b = load_file(tmp_path / "q-keep.safetensors"), load_file(tmp_path / "q-hf.safetensors")
+    assert set(a) == set(b) and any(k.endswith("gate_up_proj_blocks") for k in a)
+    for k in a:
+        assert a[k].dtype == b[k].dtype and np.array_equal(bits(a[k]), bits(b[k])), k
