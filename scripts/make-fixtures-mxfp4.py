@@ -22,6 +22,8 @@ Writes
         ocp-rne     OCP scale floor(log2 amax) - 2 (np.frexp), ml_dtypes cast with saturation
         ocp-ggml    gguf-py quants.quantize(MXFP4) bytes, reordered from ggml's split halves to
                     OpenAI's pairs (rules-in-ggml rows only)
+  edges-in.safetensors        every code at every scale byte 0..254 (blocks/scales, one layer)
+  edges-expected.safetensors  transformers' dequantization of it (BF16 subnormals, Inf)
   tiny-gpt-oss-mxfp4/         the tiny gpt-oss with its experts in OpenAI's HF MXFP4 flavor (up-rne),
                               quantization_config as OpenAI ships it
   tiny-gpt-oss-mxfp4-dequant.safetensors  transformers' BF16 experts of that folder: loaded with
@@ -55,6 +57,7 @@ TINY = FIX / "tiny-gpt-oss"
 rng = np.random.default_rng(20265)
 
 BF16 = ml_dtypes.bfloat16
+P_DOWN = "model.layers.0.mlp.experts.down_proj"
 
 
 # ---- the quantizers ----
@@ -208,6 +211,19 @@ def make_rules():
     # the tie table of mxfp4.md §4.5 holds in these references (row 0: scale 1)
     print("rules:", {k: int(v[0].shape[0]) for k, v in exp.items()}, "rows")
     save_file(out, OUT / "rules-expected.safetensors")
+
+
+def make_edges():
+    """Every code at every scale byte but 255 (subnormal results at 0-1, Inf at 253-254)."""
+    codes = np.arange(32, dtype=np.uint8) % 16
+    blk = (codes[0::2] | (codes[1::2] << 4)).astype(np.uint8)          # codes 0..15, twice
+    blocks = np.tile(blk, (255, 1)).reshape(1, 255, 1, 16)
+    scales = np.arange(255, dtype=np.uint8).reshape(1, 255, 1)
+    deq = hf_dequant(blocks, scales)
+    save_file({P_DOWN + "_blocks": blocks, P_DOWN + "_scales": scales}, OUT / "edges-in.safetensors")
+    save_file({P_DOWN: st_bf16(deq)}, OUT / "edges-expected.safetensors")
+    print("edges: inf", int(np.isinf(deq.view(BF16).astype(np.float32)).sum()),
+          "subnormal", int(((deq & 0x7F80) == 0).sum() - ((deq & 0x7FFF) == 0).sum()))
 
 
 # ---- the tiny gpt-oss in both MXFP4 flavors ----
@@ -384,6 +400,7 @@ def main():
         sys.exit("tests/fixtures/tiny-gpt-oss is missing (scripts/make-fixtures-tiny.py)")
     OUT.mkdir(parents=True, exist_ok=True)
     make_rules()
+    make_edges()
     mx, cfg = make_tiny_mxfp4()
     make_original(mx, cfg)
     make_bad()

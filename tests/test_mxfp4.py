@@ -255,3 +255,14 @@ def test_unsloth_chain_keep_equals_hf(tmp_path):
     assert set(a) == set(b) and any(k.endswith("gate_up_proj_blocks") for k in a)
     for k in a:
         assert a[k].dtype == b[k].dtype and np.array_equal(bits(a[k]), bits(b[k])), k
+
+
+def test_every_code_at_every_scale_matches_transformers(tmp_path):
+    """Scale bytes 0..254 x codes 0..15: BF16 subnormals at the bottom, Inf at the top, as transformers gives."""
+    r = run("dequant-mxfp4", MX / "edges-in.safetensors", tmp_path / "e.safetensors")
+    assert r.code == 0, r
+    got = load_file(tmp_path / "e.safetensors")[P + "down_proj"]
+    want = load_file(MX / "edges-expected.safetensors")[P + "down_proj"]
+    assert np.array_equal(bits(got), bits(want)), np.argwhere(bits(got).view(np.uint16) != bits(want).view(np.uint16))[:5]
+    w = bits(want).view(np.uint16)
+    assert ((w & 0x7FFF) == 0x7F80).any() and (((w & 0x7F80) == 0) & ((w & 0x7F) != 0)).any()
