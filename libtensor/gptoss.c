@@ -565,6 +565,37 @@ static const char *skip_value(const char *p, const char *end)
 	return p;
 }
 
+/*
+ * OpenAI's quantization_config laid out like the file around it: when the
+ * members sit on their own lines indented by u, nested levels get 2u and
+ * 3u, as Python's json.dumps(indent=...) (save_pretrained) writes them.
+ */
+static void quant_config_text(const char *ws, size_t wslen, char *buf, size_t cap)
+{
+	static const char *const keep[] = { "model.layers.*.self_attn", "model.layers.*.mlp.router",
+					    "model.embed_tokens", "lm_head" };
+	const char *nl = NULL;
+	size_t o, u;
+
+	for (size_t i = 0; i < wslen; i++)
+		if (ws[i] == '\n')
+			nl = ws + i;
+	u = nl ? wslen - (size_t)(nl + 1 - ws) : 0;
+	for (size_t i = 0; nl && i < u; i++)
+		if (nl[1 + i] != ' ')
+			nl = NULL;
+	if (!nl || !u || u > 16) {
+		snprintf(buf, cap, "%s", mx_quant_config);
+		return;
+	}
+	o = (size_t)snprintf(buf, cap, "{\n%*s\"modules_to_not_convert\": [", (int)(2 * u), "");
+	for (size_t i = 0; i < CK_ARRAY_SIZE(keep) && o < cap; i++)
+		o += (size_t)snprintf(buf + o, cap - o, "%s\n%*s\"%s\"", i ? "," : "", (int)(3 * u), "", keep[i]);
+	if (o < cap)
+		snprintf(buf + o, cap - o, "\n%*s],\n%*s\"quant_method\": \"mxfp4\"\n%*s}", (int)(2 * u), "",
+			 (int)(2 * u), "", (int)u, "");
+}
+
 struct member {
 	const char *key, *end;	/* the opening quote of the key; the end of the value */
 	size_t klen;
@@ -620,7 +651,7 @@ static char *edit_hf(const char *src, size_t len, int mxfp4)
 	const char *ws = "\n  ";
 	size_t wslen = 3;
 	int n, at = -1, first_after = -1, last = -1;
-	char *out = NULL, *o;
+	char *out = NULL, *o, qc[1024];
 
 	if (!m || (n = members(src, len, m, CAP)) < 0)
 		goto done;
@@ -648,16 +679,17 @@ static char *edit_hf(const char *src, size_t len, int mxfp4)
 	for (int i = 0; i < n; i++)
 		if (i != at)
 			last = i;
-	cap = len + sizeof(mx_quant_config) + wslen + 64;
+	quant_config_text(ws, wslen, qc, sizeof(qc));
+	cap = len + strlen(qc) + wslen + 64;
 	out = o = ck_malloc(cap);
 	if (!out)
 		goto done;
 	for (size_t i = 0; i <= len; i++) {
 		const char *p = src + i;
 		if (mxfp4 && first_after >= 0 && p == m[first_after].key)
-			o += sprintf(o, "\"quantization_config\": %s,%.*s", mx_quant_config, (int)wslen, ws);
+			o += sprintf(o, "\"quantization_config\": %s,%.*s", qc, (int)wslen, ws);
 		if (mxfp4 && first_after < 0 && last >= 0 && p == m[last].end)
-			o += sprintf(o, ",%.*s\"quantization_config\": %s", (int)wslen, ws, mx_quant_config);
+			o += sprintf(o, ",%.*s\"quantization_config\": %s", (int)wslen, ws, qc);
 		if (i == len)
 			break;
 		if (at >= 0 && i >= cut0 && i < cut1)
