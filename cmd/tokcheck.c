@@ -312,6 +312,11 @@ static int two(const struct tc_opts *o, const char *a, const char *b)
 	rc = ck_tok_compare(a, b, flags | CK_TOK_ALLOW_EMPTY, &r, &d);
 	if (rc < 0 && rc != CK_EDIFF)
 		return ck_report("tokcheck", &d);
+	if (ck_tok_empty(r->a) && ck_tok_empty(r->b)) {
+		ck_tok_report_free(r);
+		ck_fail(&d, CK_EINVAL, "'%s', '%s': no tokenizer files in either folder", a, b);
+		return ck_report("tokcheck", &d);
+	}
 	if (!o->no_weights) {
 		if (find_rows(a, &ra, &wa, &aa, na, sizeof(na), &d) || find_rows(b, &rb, &wb, &ab, nb, sizeof(nb), &d)) {
 			ck_tok_report_free(r);

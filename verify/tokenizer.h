@@ -182,6 +182,8 @@ int ck_tok_load(struct ck_tok **out, const char *dir, unsigned flags, struct ck_
 void ck_tok_free(struct ck_tok *t);
 
 const char *ck_tok_dir(const struct ck_tok *t);
+/* True when the folder had none of the tokenizer files (loaded with CK_TOK_ALLOW_EMPTY). */
+bool ck_tok_empty(const struct ck_tok *t);
 const struct ck_tok_digest *ck_tok_file_digest(const struct ck_tok *t, enum ck_tok_file f);
 const char *ck_tok_file_name(enum ck_tok_file f);
 const char *ck_tok_comp_name(enum ck_tok_comp c);
@@ -304,7 +306,7 @@ struct ck_tok_report {
  * load either folder the return is < 0, d says why and *r is NULL.  With
  * CK_TOK_ALLOW_EMPTY a folder without tokenizer files (an adapter saved
  * without one) compares as absent: its components are "not compared"
- * warnings; both empty is still an error.
+ * warnings (both empty: nothing differs, everything is "not compared").
  * flags are CK_TOK_STRICT plus the loader flags.
  */
 int ck_tok_compare(const char *dir_a, const char *dir_b, unsigned flags,

@@ -211,6 +211,52 @@ static void embedding_rows_rules(void)
 	ck_tok_free(t);
 }
 
+static const struct ck_tok_item *item(const struct ck_tok_report *r, const char *name)
+{
+	for (size_t i = 0; i < r->nitems; i++)
+		if (!strcmp(r->items[i].name, name))
+			return &r->items[i];
+	return NULL;
+}
+
+static void compare_gives_severity_per_component(void)
+{
+	char a[128], b[128], e1[128], e2[128];
+	struct ck_diag d = CK_DIAG_INIT;
+	struct ck_tok_report *r = NULL;
+
+	put("ca", "tokenizer.json", BPE);
+	put("cb", "tokenizer.json", BPE);
+	put("cb", "chat_template.jinja", "{{ x }}\n");
+	snprintf(a, sizeof(a), "%s/ca", dir);
+	snprintf(b, sizeof(b), "%s/cb", dir);
+	CHECK(ck_tok_compare(a, b, 0, &r, &d) == 0);		/* a template only in B: a warning */
+	CHECK(r && r->worst == CK_TOK_WARNING && item(r, "template")->sev == CK_TOK_WARNING);
+	CHECK(r && item(r, "vocab")->sev == CK_TOK_SAME);
+	ck_tok_report_free(r);
+	CHECK(ck_tok_compare(a, b, CK_TOK_STRICT, &r, &d) == CK_EDIFF);
+	ck_tok_report_free(r);
+	put("cb", "tokenizer.json", "{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}}");
+	CHECK(ck_tok_compare(a, b, 0, &r, &d) == CK_EDIFF);
+	CHECK(r && item(r, "vocab")->sev == CK_TOK_BREAKING && item(r, "added")->sev == CK_TOK_BREAKING);
+	CHECK(r && ck_tok_report_add_rows(r, 8, 3, CK_TOK_ADAPTER_B, 0) == CK_EDIFF);
+	CHECK(r && strstr(item(r, "embedding")->summary, "the adapter's embeddings have 3 rows, the base's 8"));
+	ck_tok_report_free(r);
+	/* Two folders without tokenizer files: an error unless the caller allows them. */
+	snprintf(e1, sizeof(e1), "%s/e1", dir);
+	snprintf(e2, sizeof(e2), "%s/e2", dir);
+	mkdir(e1, 0700);
+	mkdir(e2, 0700);
+	CHECK(ck_tok_compare(e1, e2, 0, &r, &d) == CK_EINVAL && r == NULL);
+	CHECK(strstr(d.msg, "no tokenizer files") != NULL);
+	CHECK(ck_tok_compare(e1, e2, CK_TOK_ALLOW_EMPTY, &r, &d) == 0);
+	CHECK(r && ck_tok_empty(r->a) && r->worst == CK_TOK_SAME);
+	ck_tok_report_free(r);
+	CHECK(ck_tok_compare(a, e2, CK_TOK_ALLOW_EMPTY | CK_TOK_STRICT, &r, &d) == CK_EDIFF);
+	CHECK(r && item(r, "vocab")->sev == CK_TOK_WARNING);
+	ck_tok_report_free(r);
+}
+
 int main(void)
 {
 	snprintf(dir, sizeof(dir), "/tmp/ckpt-tok-XXXXXX");
@@ -223,6 +269,7 @@ int main(void)
 	RUN(intake_refuses_what_cjson_lets_through);
 	RUN(roles_resolve_through_added_tokens);
 	RUN(embedding_rows_rules);
+	RUN(compare_gives_severity_per_component);
 	char cmd[128];
 	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
 	if (system(cmd))
