@@ -20,58 +20,73 @@
 #define B "block.{L}."
 #define K "blk.{L}."
 
-static const struct ck_gptoss_role_info roles[CK_GO_NROLES] = {
-	[CK_GO_NONE] = { .role = CK_GO_NONE, .id = "none", .flags = 0 },
-	[CK_GO_EMBED] = { .role = CK_GO_EMBED, .id = "embed", .flags = 0 },
-	[CK_GO_NORM] = { .role = CK_GO_NORM, .id = "norm", .flags = CK_GO_F_NORM },
-	[CK_GO_LM_HEAD] = { .role = CK_GO_LM_HEAD, .id = "lm_head", .flags = 0 },
-	[CK_GO_ATTN_NORM] = { .role = CK_GO_ATTN_NORM, .id = "attn_norm", .flags = CK_GO_F_LAYER | CK_GO_F_NORM },
-	[CK_GO_POST_NORM] = { .role = CK_GO_POST_NORM, .id = "post_norm", .flags = CK_GO_F_LAYER | CK_GO_F_NORM },
-	[CK_GO_Q] = { .role = CK_GO_Q, .id = "q", .flags = CK_GO_F_LAYER | CK_GO_F_QKV_PART },
-	[CK_GO_Q_BIAS] = { .role = CK_GO_Q_BIAS, .id = "q_bias", .flags = CK_GO_F_LAYER | CK_GO_F_QKV_PART | CK_GO_F_BIAS },
-	[CK_GO_K] = { .role = CK_GO_K, .id = "k", .flags = CK_GO_F_LAYER | CK_GO_F_QKV_PART },
-	[CK_GO_K_BIAS] = { .role = CK_GO_K_BIAS, .id = "k_bias", .flags = CK_GO_F_LAYER | CK_GO_F_QKV_PART | CK_GO_F_BIAS },
-	[CK_GO_V] = { .role = CK_GO_V, .id = "v", .flags = CK_GO_F_LAYER | CK_GO_F_QKV_PART },
-	[CK_GO_V_BIAS] = { .role = CK_GO_V_BIAS, .id = "v_bias", .flags = CK_GO_F_LAYER | CK_GO_F_QKV_PART | CK_GO_F_BIAS },
-	[CK_GO_QKV] = { .role = CK_GO_QKV, .id = "qkv", .flags = CK_GO_F_LAYER },
-	[CK_GO_QKV_BIAS] = { .role = CK_GO_QKV_BIAS, .id = "qkv_bias", .flags = CK_GO_F_LAYER | CK_GO_F_BIAS },
-	[CK_GO_O] = { .role = CK_GO_O, .id = "o", .flags = CK_GO_F_LAYER },
-	[CK_GO_O_BIAS] = { .role = CK_GO_O_BIAS, .id = "o_bias", .flags = CK_GO_F_LAYER | CK_GO_F_BIAS },
-	[CK_GO_SINKS] = { .role = CK_GO_SINKS, .id = "sinks", .flags = CK_GO_F_LAYER },
-	[CK_GO_ROUTER] = { .role = CK_GO_ROUTER, .id = "router", .flags = CK_GO_F_LAYER },
-	[CK_GO_ROUTER_BIAS] = { .role = CK_GO_ROUTER_BIAS, .id = "router_bias", .flags = CK_GO_F_LAYER | CK_GO_F_BIAS },
+/* Flag shorthands for the table below. */
+#define LY CK_GO_F_LAYER
+#define EX CK_GO_F_EXPERTS
+#define E1 CK_GO_F_ONE_EXPERT
+#define TR CK_GO_F_HF_TRANSPOSED
+#define IL CK_GO_F_INTERLEAVED
+#define MB CK_GO_F_MX_BLOCKS
+#define MS CK_GO_F_MX_SCALES
+#define BI CK_GO_F_BIAS
+#define NO CK_GO_F_NORM
+#define QP CK_GO_F_QKV_PART
+#define R(r, name, fl) [r] = { .role = r, .id = name, .flags = fl }
 #define GU .bf16 = CK_GO_GATE_UP, .blocks = CK_GO_GATE_UP_BLOCKS, .scales = CK_GO_GATE_UP_SCALES, \
 	.bias = CK_GO_GATE_UP_BIAS, .expert_w = CK_GO_GATE_UP_W
 #define DN .bf16 = CK_GO_DOWN, .blocks = CK_GO_DOWN_BLOCKS, .scales = CK_GO_DOWN_SCALES, \
 	.bias = CK_GO_DOWN_BIAS, .expert_w = CK_GO_DOWN_W
-	[CK_GO_GATE_UP] = { .role = CK_GO_GATE_UP, .id = "gate_up", .flags = CK_GO_F_LAYER | CK_GO_F_EXPERTS |
-			    CK_GO_F_HF_TRANSPOSED | CK_GO_F_INTERLEAVED, GU },
-	[CK_GO_GATE_UP_BLOCKS] = { .role = CK_GO_GATE_UP_BLOCKS, .id = "gate_up_blocks", .flags = CK_GO_F_LAYER |
-				   CK_GO_F_EXPERTS | CK_GO_F_INTERLEAVED | CK_GO_F_MX_BLOCKS, GU },
-	[CK_GO_GATE_UP_SCALES] = { .role = CK_GO_GATE_UP_SCALES, .id = "gate_up_scales", .flags = CK_GO_F_LAYER |
-				   CK_GO_F_EXPERTS | CK_GO_F_INTERLEAVED | CK_GO_F_MX_SCALES, GU },
-	[CK_GO_GATE_UP_BIAS] = { .role = CK_GO_GATE_UP_BIAS, .id = "gate_up_bias", .flags = CK_GO_F_LAYER |
-				 CK_GO_F_EXPERTS | CK_GO_F_INTERLEAVED | CK_GO_F_BIAS, GU },
-	[CK_GO_GATE_UP_W] = { .role = CK_GO_GATE_UP_W, .id = "gate_up_w", .flags = CK_GO_F_LAYER | CK_GO_F_ONE_EXPERT |
-			      CK_GO_F_INTERLEAVED, GU },
-	[CK_GO_DOWN] = { .role = CK_GO_DOWN, .id = "down", .flags = CK_GO_F_LAYER | CK_GO_F_EXPERTS |
-			 CK_GO_F_HF_TRANSPOSED, DN },
-	[CK_GO_DOWN_BLOCKS] = { .role = CK_GO_DOWN_BLOCKS, .id = "down_blocks", .flags = CK_GO_F_LAYER | CK_GO_F_EXPERTS |
-				CK_GO_F_MX_BLOCKS, DN },
-	[CK_GO_DOWN_SCALES] = { .role = CK_GO_DOWN_SCALES, .id = "down_scales", .flags = CK_GO_F_LAYER | CK_GO_F_EXPERTS |
-				CK_GO_F_MX_SCALES, DN },
-	[CK_GO_DOWN_BIAS] = { .role = CK_GO_DOWN_BIAS, .id = "down_bias", .flags = CK_GO_F_LAYER | CK_GO_F_EXPERTS |
-			      CK_GO_F_BIAS, DN },
-	[CK_GO_DOWN_W] = { .role = CK_GO_DOWN_W, .id = "down_w", .flags = CK_GO_F_LAYER | CK_GO_F_ONE_EXPERT, DN },
+#define RX(r, name, fl, rel) [r] = { .role = r, .id = name, .flags = fl, rel }
+
+static const struct ck_gptoss_role_info roles[CK_GO_NROLES] = {
+	R(CK_GO_NONE, "none", 0),
+	R(CK_GO_EMBED, "embed", 0),
+	R(CK_GO_NORM, "norm", NO),
+	R(CK_GO_LM_HEAD, "lm_head", 0),
+	R(CK_GO_ATTN_NORM, "attn_norm", LY | NO),
+	R(CK_GO_POST_NORM, "post_norm", LY | NO),
+	R(CK_GO_Q, "q", LY | QP),
+	R(CK_GO_Q_BIAS, "q_bias", LY | QP | BI),
+	R(CK_GO_K, "k", LY | QP),
+	R(CK_GO_K_BIAS, "k_bias", LY | QP | BI),
+	R(CK_GO_V, "v", LY | QP),
+	R(CK_GO_V_BIAS, "v_bias", LY | QP | BI),
+	R(CK_GO_QKV, "qkv", LY),
+	R(CK_GO_QKV_BIAS, "qkv_bias", LY | BI),
+	R(CK_GO_O, "o", LY),
+	R(CK_GO_O_BIAS, "o_bias", LY | BI),
+	R(CK_GO_SINKS, "sinks", LY),
+	R(CK_GO_ROUTER, "router", LY),
+	R(CK_GO_ROUTER_BIAS, "router_bias", LY | BI),
+	RX(CK_GO_GATE_UP, "gate_up", LY | EX | TR | IL, GU),
+	RX(CK_GO_GATE_UP_BLOCKS, "gate_up_blocks", LY | EX | IL | MB, GU),
+	RX(CK_GO_GATE_UP_SCALES, "gate_up_scales", LY | EX | IL | MS, GU),
+	RX(CK_GO_GATE_UP_BIAS, "gate_up_bias", LY | EX | IL | BI, GU),
+	RX(CK_GO_GATE_UP_W, "gate_up_w", LY | E1 | IL, GU),
+	RX(CK_GO_DOWN, "down", LY | EX | TR, DN),
+	RX(CK_GO_DOWN_BLOCKS, "down_blocks", LY | EX | MB, DN),
+	RX(CK_GO_DOWN_SCALES, "down_scales", LY | EX | MS, DN),
+	RX(CK_GO_DOWN_BIAS, "down_bias", LY | EX | BI, DN),
+	RX(CK_GO_DOWN_W, "down_w", LY | E1, DN),
+	R(CK_GO_GATE_EXPS, "gate_exps", LY | EX),
+	R(CK_GO_GATE_EXPS_BIAS, "gate_exps_bias", LY | EX | BI),
+	R(CK_GO_UP_EXPS, "up_exps", LY | EX),
+	R(CK_GO_UP_EXPS_BIAS, "up_exps_bias", LY | EX | BI),
+};
+#undef R
+#undef RX
 #undef GU
 #undef DN
-	[CK_GO_GATE_EXPS] = { .role = CK_GO_GATE_EXPS, .id = "gate_exps", .flags = CK_GO_F_LAYER | CK_GO_F_EXPERTS },
-	[CK_GO_GATE_EXPS_BIAS] = { .role = CK_GO_GATE_EXPS_BIAS, .id = "gate_exps_bias", .flags = CK_GO_F_LAYER |
-				   CK_GO_F_EXPERTS | CK_GO_F_BIAS },
-	[CK_GO_UP_EXPS] = { .role = CK_GO_UP_EXPS, .id = "up_exps", .flags = CK_GO_F_LAYER | CK_GO_F_EXPERTS },
-	[CK_GO_UP_EXPS_BIAS] = { .role = CK_GO_UP_EXPS_BIAS, .id = "up_exps_bias", .flags = CK_GO_F_LAYER |
-				 CK_GO_F_EXPERTS | CK_GO_F_BIAS },
-};
+#undef LY
+#undef EX
+#undef E1
+#undef TR
+#undef IL
+#undef MB
+#undef MS
+#undef BI
+#undef NO
+#undef QP
 
 struct name_row {
 	enum ck_gptoss_role role;
