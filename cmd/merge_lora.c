@@ -15,6 +15,7 @@
 #include "../libtensor/output.h"
 #include "../libtensor/stwriter.h"
 #include "../merge/lora.h"
+#include "../verify/tokenizer.h"
 
 #define TOOL "merge-lora"
 #define CONFIG_MAX (16u << 20)
@@ -65,6 +66,72 @@ out:
 	free(cpath);
 	free(buf);
 	return rc;
+}
+
+static int has_tokenizer_files(const char *dir)
+{
+	static const char *const names[] = { "tokenizer.json", "tokenizer_config.json",
+					     "special_tokens_map.json", "chat_template.jinja" };
+	char p[4096];
+	for (size_t i = 0; i < CK_ARRAY_SIZE(names); i++) {
+		snprintf(p, sizeof(p), "%s/%s", dir, names[i]);
+		if (!access(p, F_OK))
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * The tokenizer gate: the adapter's tokenizer (when it ships one) against
+ * the base's, plus the embedding rows.  A breaking difference prints the
+ * tokcheck report to stdout and fails with CK_EDIFF (exit 1) unless allowed.
+ * *json gets the report for merge-report.json.
+ */
+static int tokenizer_gate(const struct ml_opts *o, const struct ck_model *base, const struct ck_model *ad,
+			  const char *adir, cJSON **json, struct ck_diag *d)
+{
+	struct ck_tok_report *r = NULL;
+	uint64_t brows = 0, arows = 0;
+	char *buf = NULL;
+	size_t blen = 0;
+	FILE *mf;
+	int rc, verdict;
+
+	*json = NULL;
+	if (!has_tokenizer_files(adir)) {
+		*json = cJSON_CreateObject();
+		cJSON_AddBoolToObject(*json, "checked", 0);
+		cJSON_AddStringToObject(*json, "reason", "the adapter folder has no tokenizer files");
+		return 0;
+	}
+	rc = ck_tok_compare(ck_model_dir(base), adir, CK_TOK_ALLOW_EMPTY, &r, d);
+	if (rc < 0 && rc != CK_EDIFF)
+		return rc;
+	ck_tok_embed_rows(base, &brows, NULL);
+	ck_tok_embed_rows(ad, &arows, NULL);
+	verdict = ck_tok_report_add_rows(r, brows, arows, CK_TOK_ADAPTER_B, 0);
+	if (verdict < 0 && verdict != CK_EDIFF) {
+		ck_tok_report_free(r);
+		return ck_fail(d, verdict, "out of memory");
+	}
+	mf = open_memstream(&buf, &blen);
+	if (mf) {
+		ck_tok_report_json(mf, r, 0);
+		fclose(mf);
+		*json = buf ? cJSON_Parse(buf) : NULL;
+	}
+	free(buf);
+	if (verdict == CK_EDIFF || (r->worst >= CK_TOK_WARNING && !o->quiet)) {
+		printf("tokenizer check: %s vs %s\n", ck_model_dir(base), adir);
+		ck_tok_report_print(stdout, r, verdict == CK_EDIFF, verdict == CK_EDIFF);
+		fflush(stdout);
+	}
+	ck_tok_report_free(r);
+	if (verdict == CK_EDIFF && !o->allow_tok)
+		return ck_fail(d, CK_EDIFF, "'%s': the adapter's tokenizer differs from the base's in a way "
+			       "that breaks the merge (report on stdout); --allow-tokenizer-mismatch merges anyway",
+			       adir);
+	return 0;
 }
 
 static char *report_json(const struct ck_lora_plan *p, const char *base, const char *adapter,
@@ -189,6 +256,7 @@ int cmd_merge_lora(int argc, char **argv)
 	struct ck_lora_opts lo = { 0 };
 	struct ck_out *out = NULL;
 	char *st_path = NULL, *rep = NULL;
+	cJSON *tok = NULL;
 	int rc = 0;
 
 	ck_parse_options(argc, argv, opts, &u);
@@ -210,6 +278,10 @@ int cmd_merge_lora(int argc, char **argv)
 	}
 	if ((rc = open_adapter(argv[1], &ad, &cfg, &st_path, &d)))
 		goto fail;
+	if ((rc = tokenizer_gate(&o, base, ad, argv[1], &tok, &d))) {
+		ck_lora_config_release(&cfg);
+		goto fail;
+	}
 	if ((rc = ck_lora_plan(&plan, base, ad, &cfg, &lo, &d)))
 		goto fail;
 	{
@@ -228,7 +300,8 @@ int cmd_merge_lora(int argc, char **argv)
 		if ((rc = ck_copy_aux_files(out, ck_model_dir(base), skip, plan->nmxfp4 ? 2 : 1, &d)) < 0)
 			goto fail;
 	}
-	rep = report_json(plan, argv[0], argv[1], &o, NULL);
+	rep = report_json(plan, argv[0], argv[1], &o, tok);
+	tok = NULL;	/* the report owns it now */
 	if (!rep) {
 		rc = ck_fail(&d, CK_ENOMEM, "out of memory");
 		goto fail;
@@ -258,6 +331,7 @@ fail:
 	rc = ck_report(TOOL, &d);
 done:
 	ck_out_abort(out);
+	cJSON_Delete(tok);
 	free(rep);
 	free(st_path);
 	ck_lora_plan_free(plan);

@@ -170,3 +170,45 @@ def test_help():
     assert r.code == 0
     for opt in ("--scale", "--dtype", "--moe-layout", "--allow-tokenizer-mismatch", "--shard-size", "--jobs"):
         assert opt in r.out
+
+
+def test_tokenizer_mismatch_is_refused(tmp_path):
+    """The adapter's tokenizer gives one token another string: exit 1, the
+    tokcheck report on stdout, one error line, nothing written."""
+    out = tmp_path / "o"
+    r = run("merge-lora", BASES["oss"], LORA / "oss-tok-vocab", out)
+    assert_one_line_error(r, 1, "tokenizer", "--allow-tokenizer-mismatch")
+    assert "vocab" in r.out and "breaking" in r.out and "Ġckpt" in r.out
+    assert not out.exists() and not leftovers(tmp_path)
+    r = run("merge-lora", BASES["oss"], LORA / "oss-tok-vocab", out, "--allow-tokenizer-mismatch")
+    assert r.code == 0, r
+    tok = json.loads((out / "merge-report.json").read_text())["tokenizer"]
+    assert tok["severity"] == "breaking"
+
+
+def test_tokenizer_warning_merges(tmp_path):
+    """A changed pad token is a warning: merged, and the report says so."""
+    out = tmp_path / "o"
+    r = run("merge-lora", BASES["oss"], LORA / "oss-tok-pad", out)
+    assert r.code == 0, r
+    assert "roles" in r.out and "warning" in r.out
+    tok = json.loads((out / "merge-report.json").read_text())["tokenizer"]
+    assert tok["severity"] == "warning"
+    ref = load_file(str(LORA / "ref" / "oss-tok-pad.safetensors"))
+    got = raw_tensors(out)
+    for name in ref:
+        if name != "__logits__":
+            g = np.frombuffer(got[name][2], dtype=np.uint16)
+            assert bf16_ulps(g, ref[name].reshape(-1)).max() <= 1
+
+
+def test_same_tokenizer_is_recorded(tmp_path):
+    out = tmp_path / "o"
+    r = run("merge-lora", BASES["oss"], LORA / "oss-attn", out)
+    assert r.code == 0, r
+    tok = json.loads((out / "merge-report.json").read_text())["tokenizer"]
+    assert tok["severity"] in ("same", "cosmetic")
+    r = run("merge-lora", BASES["llama"], LORA / "llama-dora", tmp_path / "o2")
+    assert r.code == 0, r
+    tok = json.loads((tmp_path / "o2" / "merge-report.json").read_text())["tokenizer"]
+    assert tok["checked"] is False
