@@ -52,92 +52,190 @@ static float through(enum ck_dtype dt, float x)
 	return x;
 }
 
-/* delta for rows [a, b) of the block into d (rows x C), then W' in j->w. */
+#define GROUP 4	/* rows that share the factor rows v[k] and go through the kernel together */
+#define LANES 8
+
+/*
+ * acc[i][c] = sum over k (in order, from 0) of u[k][i] * v[k][c], for i < nr.
+ * Each element is the plain fp32 sum of the same products in the same order
+ * whatever nr is; the grouping only lets one load of v[k][c..c+8) serve four
+ * rows (and the compiler vectorize the fixed-width inner loops).
+ */
+typedef float v4f __attribute__((vector_size(16)));	/* GCC/clang vector extension */
+
+static inline v4f load4(const float *p)
+{
+	v4f x;
+	memcpy(&x, p, sizeof(x));
+	return x;
+}
+
+static void kernel(int nr, uint64_t r, const float *u, const float *const *v, uint64_t C, float *acc)
+{
+	uint64_t c = 0;
+
+	/* Eight accumulators stay in registers; mul and add stay separate (no FMA). */
+	for (; c + LANES <= C; c += LANES) {
+		v4f a00 = { 0 }, a01 = { 0 }, a10 = { 0 }, a11 = { 0 };
+		v4f a20 = { 0 }, a21 = { 0 }, a30 = { 0 }, a31 = { 0 };
+		for (uint64_t k = 0; k < r; k++) {
+			const float *vk = v[k] + c, *uk = u + k * GROUP;
+			v4f x0 = load4(vk), x1 = load4(vk + 4);
+			v4f u0 = { uk[0], uk[0], uk[0], uk[0] }, u1 = { uk[1], uk[1], uk[1], uk[1] };
+			v4f u2 = { uk[2], uk[2], uk[2], uk[2] }, u3 = { uk[3], uk[3], uk[3], uk[3] };
+			a00 += u0 * x0;
+			a01 += u0 * x1;
+			a10 += u1 * x0;
+			a11 += u1 * x1;
+			a20 += u2 * x0;
+			a21 += u2 * x1;
+			a30 += u3 * x0;
+			a31 += u3 * x1;
+		}
+		{
+			v4f out[GROUP][2] = { { a00, a01 }, { a10, a11 }, { a20, a21 }, { a30, a31 } };
+			for (int i = 0; i < nr; i++)
+				memcpy(acc + (uint64_t)i * C + c, out[i], sizeof(out[i]));
+		}
+	}
+	for (; c < C; c++)
+		for (int i = 0; i < nr; i++) {
+			float x = 0.0f;
+			for (uint64_t k = 0; k < r; k++)
+				x += u[k * GROUP + (uint64_t)i] * v[k][c];
+			acc[(uint64_t)i * C + c] = x;
+		}
+}
+
+/* The factors of row gr: u[k*GROUP + i] for this row (slot i), v[k] shared by its group. */
+static void factors(const struct job *j, uint64_t gr, int i, int grouped, float *u, const float **v)
+{
+	const struct ck_lora_item *it = j->it;
+	uint64_t r = j->r;
+
+	switch (it->op) {
+	case CK_LOP_LINEAR:
+		for (uint64_t k = 0; k < r; k++) {
+			if (!it->fifo) {
+				u[k * GROUP + (uint64_t)i] = j->B[gr * r + k];
+				v[k] = j->A + k * j->C;
+			} else {
+				u[k * GROUP + (uint64_t)i] = j->A[k * j->R + gr];
+				v[k] = j->Bt + k * j->C;
+			}
+		}
+		break;
+	case CK_LOP_EMBED:
+		for (uint64_t k = 0; k < r; k++) {
+			u[k * GROUP + (uint64_t)i] = j->A[k * j->R + gr];
+			v[k] = j->Bt + k * j->C;
+		}
+		break;
+	case CK_LOP_EXPERTS: {
+		uint64_t d1 = it->shape[1], e = gr / d1, x = gr % d1;
+		for (uint64_t k = 0; k < r; k++) {
+			/* PEFT reads lora_B expert-fastest; old Unsloth packed it expert-major. */
+			uint64_t col = grouped ? e * r + k : k * it->E + e;
+			if (it->layout == CK_MOE_STANDARD) {
+				u[k * GROUP + (uint64_t)i] = j->A[(e * r + k) * d1 + x];
+				v[k] = j->Bt + col * j->C;
+			} else {
+				u[k * GROUP + (uint64_t)i] = j->B[x * j->rE + col];
+				v[k] = j->A + (e * r + k) * j->C;
+			}
+		}
+		break;
+	}
+	default:
+		break;
+	}
+}
+
+/* BF16 round to nearest even and back, for finite x (an Inf or NaN sum is caught later). */
+static inline float bf16_round(float x)
+{
+	uint32_t u;
+	memcpy(&u, &x, 4);
+	u = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+	memcpy(&x, &u, 4);
+	return x;
+}
+
+/*
+ * W' = W + d with d = rn32(acc * s), first rounded to the base dtype for
+ * the parameters PEFT casts (rdt BF16/F16; F32 for none).  Tracks max |d|
+ * and non-finite results.
+ */
+static void finish_row(float *w, const float *ac, uint64_t C, float s32, enum ck_dtype rdt, double *maxd,
+		       int *bad)
+{
+	float m = (float)*maxd;
+	int finite = 1;
+
+	if (rdt == CK_DT_BF16) {
+		for (uint64_t c = 0; c < C; c++) {
+			float dl = ac[c] * s32;
+			dl = isfinite(dl) ? bf16_round(dl) : dl;
+			m = fabsf(dl) > m ? fabsf(dl) : m;
+			w[c] = w[c] + dl;
+		}
+	} else {
+		for (uint64_t c = 0; c < C; c++) {
+			float dl = through(rdt, ac[c] * s32);
+			m = fabsf(dl) > m ? fabsf(dl) : m;
+			w[c] = w[c] + dl;
+		}
+	}
+	for (uint64_t c = 0; c < C; c++)
+		finite &= isfinite(w[c]);
+	if (!finite)
+		*bad = 1;
+	if (m > *maxd)
+		*maxd = m;
+}
+
+/* Rows [a, b) of the block: delta, then W' in place in j->w. */
 static void do_rows(struct job *j, uint64_t a, uint64_t b, int grouped, float *u, const float **v,
 		    float *acc, double *maxd, int *bad)
 {
 	const struct ck_lora_item *it = j->it;
-	uint64_t C = j->C, r = j->r;
+	uint64_t C = j->C, d1 = it->op == CK_LOP_EXPERTS ? it->shape[1] : UINT64_MAX;
 	enum ck_dtype bdt = it->mx_scales ? CK_DT_BF16 : it->base->dtype;
 
-	for (uint64_t row = a; row < b; row++) {
-		uint64_t gr = j->r0 + row;	/* row in the whole tensor */
-		float *w = j->w + row * C;
+	for (uint64_t row = a; row < b;) {
+		uint64_t gr = j->r0 + row;
+		int nr = 0;
 
-		switch (it->op) {
-		case CK_LOP_LINEAR:
-			if (!it->fifo) {
-				for (uint64_t k = 0; k < r; k++) {
-					u[k] = j->B[gr * r + k];
-					v[k] = j->A + k * C;
+		/* A group never crosses an expert: its rows share v[k]. */
+		memset(u, 0, j->r * GROUP * sizeof(float));
+		while (nr < GROUP && row + (uint64_t)nr < b && (gr + (uint64_t)nr) / d1 == gr / d1) {
+			factors(j, gr + (uint64_t)nr, nr, grouped, u, v);
+			nr++;
+		}
+		kernel(nr, j->r, u, v, C, acc);
+		for (int i = 0; i < nr; i++, row++) {
+			float *w = j->w + row * C, *ac = acc + (uint64_t)i * C;
+			if (j->mag) {
+				/* DoRA: W' = (m / ||W + d||) * (W + d), row-wise. */
+				double ss = 0;
+				float f;
+				for (uint64_t c = 0; c < C; c++) {
+					ac[c] = w[c] + ac[c] * j->s32;
+					ss += (double)ac[c] * ac[c];
 				}
-			} else {
-				for (uint64_t k = 0; k < r; k++) {
-					u[k] = j->A[k * j->R + gr];
-					v[k] = j->Bt + k * C;
+				f = j->mag[j->r0 + row] / (float)sqrt(ss);
+				for (uint64_t c = 0; c < C; c++) {
+					float o = f * ac[c];
+					double dd = fabs((double)o - w[c]);
+					if (dd > *maxd)
+						*maxd = dd;
+					if (!isfinite(o))
+						*bad = 1;
+					w[c] = o;
 				}
+				continue;
 			}
-			break;
-		case CK_LOP_EMBED:
-			for (uint64_t k = 0; k < r; k++) {
-				u[k] = j->A[k * j->R + gr];
-				v[k] = j->Bt + k * C;
-			}
-			break;
-		case CK_LOP_EXPERTS: {
-			uint64_t d1 = it->shape[1], e = gr / d1, x = gr % d1;
-			for (uint64_t k = 0; k < r; k++) {
-				uint64_t col = grouped ? e * r + k : k * it->E + e;
-				if (it->layout == CK_MOE_STANDARD) {
-					u[k] = j->A[(e * r + k) * d1 + x];
-					v[k] = j->Bt + col * C;
-				} else {
-					u[k] = j->B[x * j->rE + col];
-					v[k] = j->A + (e * r + k) * C;
-				}
-			}
-			break;
-		}
-		default:
-			break;
-		}
-		for (uint64_t c = 0; c < C; c++)
-			acc[c] = 0.0f;
-		for (uint64_t k = 0; k < r; k++) {
-			const float uk = u[k], *vk = v[k];
-			for (uint64_t c = 0; c < C; c++)
-				acc[c] += uk * vk[c];
-		}
-		if (j->mag) {
-			/* DoRA: W' = (m / ||W + d||) * (W + d), row-wise. */
-			double ss = 0;
-			float f;
-			for (uint64_t c = 0; c < C; c++) {
-				acc[c] = w[c] + acc[c] * j->s32;
-				ss += (double)acc[c] * acc[c];
-			}
-			f = j->mag[gr] / (float)sqrt(ss);
-			for (uint64_t c = 0; c < C; c++) {
-				float o = f * acc[c];
-				double dd = fabs((double)o - w[c]);
-				if (dd > *maxd)
-					*maxd = dd;
-				if (!isfinite(o))
-					*bad = 1;
-				w[c] = o;
-			}
-			continue;
-		}
-		for (uint64_t c = 0; c < C; c++) {
-			float dl = acc[c] * j->s32, o;
-			if (it->op != CK_LOP_LINEAR)
-				dl = through(bdt, dl);
-			o = w[c] + dl;
-			if (fabsf(dl) > *maxd)
-				*maxd = fabsf(dl);
-			if (!isfinite(o))
-				*bad = 1;
-			w[c] = o;
+			finish_row(w, ac, C, j->s32, it->op == CK_LOP_LINEAR ? CK_DT_F32 : bdt, maxd, bad);
 		}
 	}
 }
@@ -153,9 +251,9 @@ static void *slice_main(void *arg)
 {
 	struct slice *s = arg;
 	uint64_t r = s->j->r, C = s->j->C;
-	float *u = ck_mallocarray(r ? r : 1, sizeof(float));
+	float *u = ck_mallocarray(r ? r * GROUP : 1, sizeof(float));
 	const float **v = ck_mallocarray(r ? r : 1, sizeof(float *));
-	float *acc = ck_mallocarray(C ? C : 1, sizeof(float));
+	float *acc = ck_mallocarray(C ? C * GROUP : 1, sizeof(float));
 
 	if (!u || !v || !acc)
 		s->bad = 2;
