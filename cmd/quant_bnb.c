@@ -50,6 +50,7 @@ struct qsrc {
 	uint64_t rows, cols;	/* logical [rows, cols] */
 	uint64_t n, nb;
 	float offset;
+	float *nabsmax;		/* double quant: ceil(nb/256) floats, from the first pass */
 	char json[512];
 	size_t json_len;
 };
@@ -281,6 +282,33 @@ static size_t esize(enum ck_dtype dt)
 	return ck_dtype_bits(dt) / 8;
 }
 
+/* dst[c][r] = src[r][c] for src [R, C], in 32x32 tiles so both sides stay in cache. */
+static void transpose(const uint8_t *src, void *dst, uint64_t R, uint64_t C, size_t es)
+{
+	enum { T = 32 };
+	for (uint64_t r0 = 0; r0 < R; r0 += T)
+		for (uint64_t c0 = 0; c0 < C; c0 += T) {
+			uint64_t r1 = r0 + T < R ? r0 + T : R, c1 = c0 + T < C ? c0 + T : C;
+			if (es == 2) {
+				uint16_t *d = dst;
+				for (uint64_t r = r0; r < r1; r++)
+					for (uint64_t c = c0; c < c1; c++) {
+						uint16_t v;
+						memcpy(&v, src + 2 * (r * C + c), 2);
+						d[c * R + r] = v;
+					}
+			} else {
+				uint32_t *d = dst;
+				for (uint64_t r = r0; r < r1; r++)
+					for (uint64_t c = c0; c < c1; c++) {
+						uint32_t v;
+						memcpy(&v, src + 4 * (r * C + c), 4);
+						d[c * R + r] = v;
+					}
+			}
+		}
+}
+
 /* The source elements of q in row-major [rows, cols] order. */
 static const void *src_data(struct qb_run *r, const struct qsrc *q, struct ck_diag *d)
 {
@@ -298,9 +326,7 @@ static const void *src_data(struct qb_run *r, const struct qsrc *q, struct ck_di
 		}
 	}
 	base = q->t->data + (uint64_t)q->expert * q->n * es;
-	for (uint64_t i = 0; i < q->cols; i++)
-		for (uint64_t j = 0; j < q->rows; j++)
-			memcpy((uint8_t *)r->c.src + (j * q->cols + i) * es, base + (i * q->rows + j) * es, es);
+	transpose(base, r->c.src, q->cols, q->rows, es);
 	return r->c.src;
 }
 
@@ -340,6 +366,17 @@ static int compute(struct qb_run *r, size_t qi, int full, struct ck_diag *d)
 		return 0;
 	r->c.cur = -1;
 	CK_TRY(grow(r, q, d));
+	if (!full && q->expert >= 0 && q->cols % (uint64_t)r->o->blocksize == 0) {
+		/* absmax only: read the expert as it lies, no transposed copy */
+		ck_bnb_absmax_t((uint64_t)r->o->blocksize, q->t->dtype,
+				q->t->data + (uint64_t)q->expert * q->n * esize(q->t->dtype), q->cols,
+				q->rows, r->c.absmax);
+		ck_model_done_range(q->t->data + (uint64_t)q->expert * q->n * esize(q->t->dtype),
+				    (size_t)(q->n * esize(q->t->dtype)));
+		r->c.cur = (long)qi;
+		r->c.full = 0;
+		return 0;
+	}
 	src = src_data(r, q, d);
 	if (!src)
 		return d->status;
@@ -348,10 +385,14 @@ static int compute(struct qb_run *r, size_t qi, int full, struct ck_diag *d)
 				       r->c.packed, r->c.absmax, (int)r->o->jobs, d));
 	else
 		ck_bnb_absmax((uint64_t)r->o->blocksize, q->t->dtype, src, q->n, r->c.absmax);
-	if (r->o->double_quant)
+	if (full && r->o->double_quant)
 		ck_bnb_nested_quantize(r->c.absmax, q->nb, q->offset, ck_bnb_dynamic_map, r->c.qabsmax,
 				       r->c.nabsmax);
-	ck_model_done(q->t);
+	if (q->expert >= 0)
+		ck_model_done_range(q->t->data + (uint64_t)q->expert * q->n * esize(q->t->dtype),
+				    (size_t)(q->n * esize(q->t->dtype)));
+	else
+		ck_model_done(q->t);
 	r->c.cur = (long)qi;
 	r->c.full = full;
 	return 0;
@@ -376,12 +417,13 @@ static int prepare(struct qb_run *r, struct ck_diag *d)
 		int n;
 
 		if (r->o->double_quant) {
-			if (r->o->nested_offset) {
-				q->offset = (float)inject;
-			} else {
-				CK_TRY(compute(r, i, 0, d));
-				q->offset = ck_bnb_mean(r->c.absmax, q->nb);
-			}
+			CK_TRY(compute(r, i, 0, d));
+			q->offset = r->o->nested_offset ? (float)inject : ck_bnb_mean(r->c.absmax, q->nb);
+			q->nabsmax = ck_mallocarray((size_t)(q->nb + 255) / 256, sizeof(float));
+			if (!q->nabsmax)
+				return ck_fail(d, CK_ENOMEM, "out of memory");
+			ck_bnb_nested_quantize(r->c.absmax, q->nb, q->offset, ck_bnb_dynamic_map,
+					       r->c.qabsmax, q->nabsmax);
 			ck_bnb_pyrepr((double)q->offset, off, sizeof(off));
 			n = snprintf(q->json, sizeof(q->json), "{\"quant_type\": \"%s\", \"blocksize\": %"
 				     PRId64 ", \"dtype\": \"%s\", \"shape\": [%" PRIu64 ", %" PRIu64 "], "
@@ -466,8 +508,7 @@ static int write_item(struct qb_run *r, struct ck_stw *w, const struct item *it,
 	case IT_QMAP:
 		return ck_stw_write(w, ck_bnb_table(r->type), 16 * sizeof(float), d);
 	case IT_NABSMAX:
-		CK_TRY(compute(r, it->q, 0, d));
-		return ck_stw_write(w, r->c.nabsmax, (size_t)(q->nb + 255) / 256 * 4, d);
+		return ck_stw_write(w, q->nabsmax, (size_t)(q->nb + 255) / 256 * 4, d);
 	case IT_NMAP:
 		return ck_stw_write(w, ck_bnb_dynamic_map, 256 * sizeof(float), d);
 	case IT_STATE:
@@ -670,6 +711,8 @@ out:
 	for (size_t i = 0; i < r.nskipped; i++)
 		free(r.skipped[i]);
 	free(r.skipped);
+	for (size_t i = 0; i < r.nq; i++)
+		free(r.qs[i].nabsmax);
 	free(r.qs);
 	free(r.c.src);
 	free(r.c.packed);

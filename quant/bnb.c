@@ -161,29 +161,104 @@ static void par_for(uint64_t n, int nthreads, par_fn fn, void *ctx)
 
 /* ---- loading source elements ---------------------------------------------- */
 
-static inline float load_elem(enum ck_dtype dt, const uint8_t *p, uint64_t i)
-{
-	uint16_t h;
-	float f;
+/*
+ * The hot loops use GCC/Clang vector extensions on 4 floats (SSE2/NEON
+ * width, lowered to scalar code elsewhere): element-wise IEEE operations and
+ * comparisons, so the results are the scalar ones bit for bit.
+ */
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+typedef uint32_t v4u __attribute__((vector_size(16)));
+typedef uint16_t v4h __attribute__((vector_size(8)));
 
-	switch (dt) {
-	case CK_DT_BF16:
-		memcpy(&h, p + 2 * i, 2);
-		return ck_bf16_to_f32(h);
-	case CK_DT_F16:
-		memcpy(&h, p + 2 * i, 2);
-		return ck_f16_to_f32(h);
-	default:
-		memcpy(&f, p + 4 * i, 4);
-		return f;
+/* n elements of src from index i as float32, into out (a block at a time). */
+static void load_floats(enum ck_dtype dt, const uint8_t *src, uint64_t i, size_t n, float *out)
+{
+	size_t k = 0;
+
+	if (dt == CK_DT_BF16) {
+		for (; k + 4 <= n; k += 4) {
+			v4h h;
+			v4u u;
+			memcpy(&h, src + 2 * (i + k), 8);
+			u = __builtin_convertvector(h, v4u) << 16;
+			memcpy(&out[k], &u, 16);
+		}
+		for (; k < n; k++) {
+			uint16_t h;
+			uint32_t u;
+			memcpy(&h, src + 2 * (i + k), 2);
+			u = (uint32_t)h << 16;
+			memcpy(&out[k], &u, 4);
+		}
+	} else if (dt == CK_DT_F16) {
+		for (; k < n; k++) {
+			uint16_t h;
+			memcpy(&h, src + 2 * (i + k), 2);
+			out[k] = ck_f16_to_f32(h);
+		}
+	} else {
+		memcpy(out, src + 4 * i, 4 * n);
 	}
+}
+
+/*
+ * max |x| ignoring NaN, like CUDA's fmaxf (a NaN never compares greater).
+ * Max is exact, so the lane-wise order gives the sequential result.
+ */
+static float max_abs(const float *x, size_t n)
+{
+	const v4i absmask = { 0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff };
+	v4f m4 = { 0, 0, 0, 0 };
+	float m = 0.0f;
+	size_t k = 0;
+
+	for (; k + 4 <= n; k += 4) {
+		v4f a;
+		v4i gt;
+		memcpy(&a, x + k, 16);
+		a = (v4f)((v4i)a & absmask);
+		gt = a > m4;
+		m4 = (v4f)(((v4i)a & gt) | ((v4i)m4 & ~gt));
+	}
+	for (int j = 0; j < 4; j++)
+		m = m4[j] > m ? m4[j] : m;
+	for (; k < n; k++) {
+		float a = fabsf(x[k]);
+		m = a > m ? a : m;
+	}
+	return m;
+}
+
+/* q[k] = NF4 code of x[k] * r: the count of thresholds strictly below. */
+static void nf4_codes(const float *x, float r, uint8_t *q, size_t n)
+{
+	size_t k = 0;
+
+	for (; k + 4 <= n; k += 4) {
+		v4f v;
+		v4i s = { 0, 0, 0, 0 };
+		memcpy(&v, x + k, 16);
+		v = v * r;
+		for (int i = 0; i < 15; i++)
+			s -= v > ((v4f){ 0, 0, 0, 0 } + ck_bnb_nf4_thresholds[i]);
+		for (int j = 0; j < 4; j++)
+			q[k + j] = (uint8_t)s[j];
+	}
+	for (; k < n; k++)
+		q[k] = ck_bnb_nf4_code(x[k] * r);
 }
 
 static float block_absmax(enum ck_dtype dt, const uint8_t *src, uint64_t lo, uint64_t hi)
 {
-	float m = 0.0f;
-	for (uint64_t i = lo; i < hi; i++)
-		m = fmaxf(m, fabsf(load_elem(dt, src, i)));
+	float buf[256], m = 0.0f;
+	for (uint64_t i = lo; i < hi; i += 256) {
+		size_t n = hi - i < 256 ? (size_t)(hi - i) : 256;
+		float b;
+		load_floats(dt, src, i, n, buf);
+		b = max_abs(buf, n);
+		m = b > m ? b : m;
+	}
 	return m;
 }
 
@@ -206,18 +281,26 @@ struct quant_ctx {
 static void quant_blocks(void *arg, uint64_t lo, uint64_t hi)
 {
 	const struct quant_ctx *c = arg;
+	float x[4096 + 1];
+	uint8_t q[4096 + 1];
 
 	for (uint64_t b = lo; b < hi; b++) {
 		uint64_t s = b * c->bs, e = s + c->bs < c->n ? s + c->bs : c->n;
-		float am = block_absmax(c->dt, c->src, s, e);
-		float r = 1.0f / am;
+		size_t n = (size_t)(e - s), k;
+		float am, r;
 
+		load_floats(c->dt, c->src, s, n, x);
+		x[n] = 0.0f;			/* the pad of an odd tail */
+		am = max_abs(x, n);
+		r = 1.0f / am;
 		c->absmax[b] = am;
-		for (uint64_t i = s; i < e; i += 2) {
-			float x0 = load_elem(c->dt, c->src, i) * r;
-			float x1 = (i + 1 < e ? load_elem(c->dt, c->src, i + 1) : 0.0f) * r;
-			c->packed[i / 2] = (uint8_t)(ck_bnb_code(c->type, x0) << 4 | ck_bnb_code(c->type, x1));
-		}
+		if (c->type == CK_BNB_NF4)
+			nf4_codes(x, r, q, n + (n & 1));
+		else
+			for (k = 0; k < n + (n & 1); k++)
+				q[k] = ck_bnb_fp4_code(x[k] * r);
+		for (k = 0; k < n; k += 2)
+			c->packed[(s + k) / 2] = (uint8_t)(q[k] << 4 | q[k + 1]);
 	}
 }
 
@@ -243,6 +326,25 @@ void ck_bnb_absmax(uint64_t blocksize, enum ck_dtype src_dtype, const void *src,
 		absmax[b] = block_absmax(src_dtype, src, s, s + blocksize < n ? s + blocksize : n);
 }
 
+void ck_bnb_absmax_t(uint64_t blocksize, enum ck_dtype src_dtype, const void *src, uint64_t A,
+		     uint64_t B, float *absmax)
+{
+	uint64_t per = A / blocksize;
+	float buf[256];
+
+	memset(absmax, 0, (size_t)(per * B) * sizeof(float));
+	for (uint64_t i = 0; i < A; i++)
+		for (uint64_t j0 = 0; j0 < B; j0 += 256) {
+			size_t n = B - j0 < 256 ? (size_t)(B - j0) : 256;
+			float *am = absmax + j0 * per + i / blocksize;
+			load_floats(src_dtype, src, i * B + j0, n, buf);
+			for (size_t j = 0; j < n; j++) {
+				float a = fabsf(buf[j]);
+				am[j * per] = a > am[j * per] ? a : am[j * per];
+			}
+		}
+}
+
 float ck_bnb_mean(const float *absmax, uint64_t nb)
 {
 	double sum = 0.0;
@@ -261,8 +363,10 @@ void ck_bnb_nested_quantize(const float *absmax, uint64_t nb, float offset, cons
 		uint64_t e = s + CK_BNB_NESTED_BLOCKSIZE < nb ? s + CK_BNB_NESTED_BLOCKSIZE : nb;
 		float m = 0.0f, r;
 
-		for (uint64_t i = s; i < e; i++)
-			m = fmaxf(m, fabsf(absmax[i] - offset));
+		for (uint64_t i = s; i < e; i++) {
+			float a = fabsf(absmax[i] - offset);
+			m = a > m ? a : m;
+		}
 		nested_absmax[g] = m;
 		r = 1.0f / m;
 		for (uint64_t i = s; i < e; i++)

@@ -125,18 +125,13 @@ static inline float ck_bnb_nested_dq(const float *map, uint8_t q, float nested_a
  */
 static inline uint8_t ck_bnb_nested_code(const float *map, float x)
 {
-	int lo = 0, hi = 255;
+	int lo = 0;
 
 	if (!(x == x))
 		return 0;
-	/* the first index whose entry is >= x (or 255) */
-	while (lo < hi) {
-		int mid = (lo + hi) / 2;
-		if (map[mid] < x)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
+	/* branchless lower bound: lo = the first index whose entry is >= x (or 255) */
+	for (int s = 128; s; s >>= 1)
+		lo += map[lo + s - 1] < x ? s : 0;
 	if (lo > 0) {
 		float m = (map[lo - 1] + map[lo]) * 0.5f;
 		if (x < m || (x == m && !((lo - 1) & 1)))
@@ -161,6 +156,14 @@ int ck_bnb_quantize(enum ck_bnb_type type, uint64_t blocksize, enum ck_dtype src
 
 /* Only the absmax of each block (the first pass of double quantization). */
 void ck_bnb_absmax(uint64_t blocksize, enum ck_dtype src_dtype, const void *src, uint64_t n, float *absmax);
+
+/*
+ * The absmax of the blocks of the transpose of src [A, B] (i.e. of a [B, A]
+ * matrix), read in src's order: no transposed copy.  A must be a multiple
+ * of blocksize, so no block straddles two rows of the transpose.
+ */
+void ck_bnb_absmax_t(uint64_t blocksize, enum ck_dtype src_dtype, const void *src, uint64_t A,
+		     uint64_t B, float *absmax);
 
 /*
  * The double-quantization offset we use: the mean of absmax[0..nb) summed in

@@ -167,6 +167,42 @@ static void pyrepr_matches_python(void)
 	}
 }
 
+/* The block loop (vectorized) gives the scalar rule for every BF16 pattern. */
+static void quantize_matches_the_scalar_rule_for_every_bf16(void)
+{
+	enum { BS = 64, PER = BS - 1 };
+	static uint16_t src[65536 / PER * BS + BS];
+	static uint8_t packed[sizeof(src) / 4];
+	static float am[sizeof(src) / 2 / BS];
+	uint32_t n = 0, v = 0, bad = 0;
+
+	/* blocks of 63 consecutive bit patterns (NaN/Inf skipped) plus one more value */
+	while (v < 65536) {
+		uint32_t start = n;
+		for (; n - start < PER && v < 65536; v++)
+			if (((v >> 7) & 0xff) != 0xff)
+				src[n++] = (uint16_t)v;
+		while (n - start < PER)
+			src[n++] = 0;
+		{	/* the block's own max |x|, so the scaled values spread over [-1, 1] */
+			float m = 0;
+			for (uint32_t k = start; k < n; k++)
+				m = fabsf(ck_bf16_to_f32(src[k])) > m ? fabsf(ck_bf16_to_f32(src[k])) : m;
+			src[n++] = ck_f32_to_bf16(m * 0.75f);
+		}
+	}
+	for (int t = 0; t < 2; t++) {
+		enum ck_bnb_type ty = t ? CK_BNB_FP4 : CK_BNB_NF4;
+		CHECK(ck_bnb_quantize(ty, BS, CK_DT_BF16, src, n, packed, am, 3, NULL) == 0);
+		for (uint32_t i = 0; i < n; i++) {
+			float a = am[i / BS], x = ck_bf16_to_f32(src[i]) * (1.0f / a);
+			uint8_t q = i & 1 ? packed[i / 2] & 15 : packed[i / 2] >> 4;
+			bad += q != ck_bnb_code(ty, x);
+		}
+	}
+	CHECK_EQ_U64(bad, 0);
+}
+
 static void blocksizes_are_bnb_s(void)
 {
 	CHECK(ck_bnb_blocksize_ok(32) && ck_bnb_blocksize_ok(64) && ck_bnb_blocksize_ok(4096));
@@ -186,6 +222,7 @@ int main(void)
 	RUN(odd_tail_pads_with_a_quantized_zero);
 	RUN(nested_dq_rounds_twice);
 	RUN(pyrepr_matches_python);
+	RUN(quantize_matches_the_scalar_rule_for_every_bf16);
 	RUN(blocksizes_are_bnb_s);
 	return tap_done();
 }
