@@ -64,6 +64,28 @@ measure "ckpt dequant-nf4 --layout keep (all cores)" "$CKPT" dequant-nf4 --layou
 rate "  dequant keep all cores" "$QB"
 rm -rf "$D"
 
+# the same with the outputs in memory (tmpfs): the tools' compute, without this disk
+SHM=/dev/shm/ckpt-bnb-bench.$$
+if mkdir "$SHM" 2>/dev/null; then
+	measure "ckpt quant-bnb ... -j1, output on tmpfs" "$CKPT" quant-bnb -j 1 \
+		--double-quant --experts per-expert "$SRC" "$SHM/q"
+	rate "  quant -j1, tmpfs" "$QB"
+	rm -rf "$SHM/q"
+	measure "ckpt quant-bnb ... (all cores), output on tmpfs" "$CKPT" quant-bnb \
+		--double-quant --experts per-expert "$SRC" "$SHM/q"
+	rate "  quant all cores, tmpfs" "$QB"
+	measure "ckpt dequant-nf4 -j1, tmpfs" "$CKPT" dequant-nf4 -j 1 "$SHM/q" "$SHM/d"
+	rate "  dequant -j1, tmpfs" "$QB"
+	rm -rf "$SHM/d"
+	measure "ckpt dequant-nf4 (all cores), tmpfs" "$CKPT" dequant-nf4 "$SHM/q" "$SHM/d"
+	rate "  dequant all cores, tmpfs" "$QB"
+	rm -rf "$SHM/d"
+	measure "ckpt dequant-nf4 --layout keep (all cores), tmpfs" "$CKPT" dequant-nf4 --layout keep \
+		"$SHM/q" "$SHM/d"
+	rate "  dequant keep all cores, tmpfs" "$QB"
+	rm -rf "$SHM"
+fi
+
 if [ -x "$FIXTURE_VENV/bin/python" ] && "$FIXTURE_VENV/bin/python" -c "import bitsandbytes" 2>/dev/null; then
 	for th in 1 $(nproc); do
 		"$FIXTURE_VENV/bin/python" "$ROOT/bench/bnb-ref.py" "$SRC" "$th" 2>/dev/null | tee -a "$OUT/results.tsv"

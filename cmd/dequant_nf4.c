@@ -342,13 +342,17 @@ static int read_f32(struct dq_run *r, const char *name, float *buf, uint64_t n, 
 		if (g.n != n)
 			return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': size differs from expert 0",
 				       ck_model_path(r->m), name);
-		return ck_bnb_group_dequant(&g, 0, n, CK_DT_F32, buf, (int)r->o->jobs, d);
+		CK_TRY(ck_bnb_group_dequant(&g, 0, n, CK_DT_F32, buf, (int)r->o->jobs, d));
+		ck_model_done(g.weight);
+		return 0;
 	}
 	if (t->nelem != n)
 		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': size differs from expert 0",
 			       ck_model_path(r->m), name);
-	return ck_convert(t->dtype, t->data, CK_DT_F32, buf, (size_t)n) < 0 ?
-		ck_fail(d, CK_EUNSUPPORTED, "'%s': cannot convert", name) : 0;
+	if (ck_convert(t->dtype, t->data, CK_DT_F32, buf, (size_t)n) < 0)
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': cannot convert", name);
+	ck_model_done(t);
+	return 0;
 }
 
 /* One expert at a time: dequantize, transpose [R, C] -> [C, R], convert, write. */
@@ -377,9 +381,12 @@ static int write_fused(struct dq_run *r, struct ck_stw *w, const struct ck_stw_t
 			break;
 		if (!f->is_bias) {
 			uint64_t C = pt->shape[1], R = pt->shape[2];	/* source is [R, C] */
-			for (uint64_t a = 0; a < R; a++)
-				for (uint64_t b = 0; b < C; b++)
-					tr[b * R + a] = src[a * C + b];
+			/* in 32x32 tiles, so reads and writes both stay in cache */
+			for (uint64_t a0 = 0; a0 < R; a0 += 32)
+				for (uint64_t b0 = 0; b0 < C; b0 += 32)
+					for (uint64_t a = a0; a < a0 + 32 && a < R; a++)
+						for (uint64_t b = b0; b < b0 + 32 && b < C; b++)
+							tr[b * R + a] = src[a * C + b];
 			res = tr;
 		}
 		ck_convert(CK_DT_F32, res, pt->dtype, ob, (size_t)per);

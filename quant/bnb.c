@@ -404,13 +404,31 @@ void ck_bnb_dequant_range(enum ck_bnb_type type, uint64_t blocksize, const uint8
 		else if (to == CK_DT_F16)
 			for (int q = 0; q < 16; q++)
 				h[q] = ck_f32_to_f16(f[q]);
-		for (; k < be; k++, out += osz) {
-			uint8_t byte = packed[k / 2];
-			uint8_t q = k & 1 ? byte & 15 : byte >> 4;
-			if (osz == 4)
-				memcpy(out, &f[q], 4);
-			else
-				memcpy(out, &h[q], 2);
+		/* an odd start, then whole bytes (two elements), then an odd end */
+		if ((k & 1) && k < be) {
+			uint8_t q = packed[k / 2] & 15;
+			memcpy(out, osz == 4 ? (void *)&f[q] : (void *)&h[q], osz);
+			out += osz;
+			k++;
+		}
+		if (osz == 4) {
+			for (; k + 1 < be; k += 2, out += 8) {
+				uint8_t byte = packed[k / 2];
+				memcpy(out, &f[byte >> 4], 4);
+				memcpy(out + 4, &f[byte & 15], 4);
+			}
+		} else {
+			for (; k + 1 < be; k += 2, out += 4) {
+				uint8_t byte = packed[k / 2];
+				memcpy(out, &h[byte >> 4], 2);
+				memcpy(out + 2, &h[byte & 15], 2);
+			}
+		}
+		if (k < be) {
+			uint8_t q = packed[k / 2] >> 4;
+			memcpy(out, osz == 4 ? (void *)&f[q] : (void *)&h[q], osz);
+			out += osz;
+			k++;
 		}
 	}
 }

@@ -282,6 +282,14 @@ def make_bad():
     }
     for name, d in variants.items():
         np_save(d, str(bad / f"bnb-{name}.safetensors"))
+    # per-expert (Unsloth) groups that cannot be fused: a missing expert, a bias of another size
+    from safetensors.torch import load_file as pt_load
+    u = pt_load(str(OUT / "tiny-gpt-oss-unsloth-bnb4" / "model.safetensors"))
+    gone = {k: v for k, v in u.items() if ".gate_up_projs.2." not in k and "layers.0.mlp" in k}
+    save_file(gone, str(bad / "bnb-experts-missing.safetensors"))
+    odd = {k: v for k, v in u.items() if "layers.1.mlp" in k}
+    odd["model.layers.1.mlp.experts.down_projs.3.bias"] = u["model.layers.1.mlp.experts.down_projs.3.bias"][:-1].clone()
+    save_file(odd, str(bad / "bnb-experts-bias-size.safetensors"))
 
 
 if __name__ == "__main__":

@@ -203,6 +203,29 @@ static void quantize_matches_the_scalar_rule_for_every_bf16(void)
 	CHECK_EQ_U64(bad, 0);
 }
 
+/* Any element range, odd start or end, gives the element-wise products. */
+static void dequant_any_range(void)
+{
+	uint8_t packed[96];
+	float absmax[3] = { 0.5f, 3.0f, 1e-3f }, out[192];
+	uint16_t h[192];
+
+	for (int i = 0; i < 96; i++)
+		packed[i] = (uint8_t)(i * 37 + 11);
+	for (uint64_t first = 0; first < 70; first += 7)
+		for (uint64_t count = 1; first + count <= 190; count += 13) {
+			uint64_t b0 = first / 64;
+			ck_bnb_dequant_range(CK_BNB_NF4, 64, packed, absmax + b0, first, count, CK_DT_F32, out);
+			ck_bnb_dequant_range(CK_BNB_FP4, 64, packed, absmax + b0, first, count, CK_DT_BF16, h);
+			for (uint64_t k = 0; k < count; k++) {
+				uint64_t e = first + k;
+				uint8_t q = e & 1 ? packed[e / 2] & 15 : packed[e / 2] >> 4;
+				CHECK(f2u(out[k]) == f2u(ck_bnb_nf4_table[q] * absmax[e / 64]));
+				CHECK(h[k] == ck_f32_to_bf16(ck_bnb_fp4_table[q] * absmax[e / 64]));
+			}
+		}
+}
+
 static void blocksizes_are_bnb_s(void)
 {
 	CHECK(ck_bnb_blocksize_ok(32) && ck_bnb_blocksize_ok(64) && ck_bnb_blocksize_ok(4096));
@@ -223,6 +246,7 @@ int main(void)
 	RUN(nested_dq_rounds_twice);
 	RUN(pyrepr_matches_python);
 	RUN(quantize_matches_the_scalar_rule_for_every_bf16);
+	RUN(dequant_any_range);
 	RUN(blocksizes_are_bnb_s);
 	return tap_done();
 }
