@@ -171,6 +171,8 @@ static char *report_json(const struct ck_lora_plan *p, const char *base, const c
 		cJSON_AddStringToObject(t, "name", it->out_name);
 		if (it->mx_scales)
 			cJSON_AddStringToObject(t, "from", "mxfp4");
+		if (it->bnb)
+			cJSON_AddStringToObject(t, "from", "bitsandbytes");
 		cJSON_AddStringToObject(t, "op", it->op == CK_LOP_NONE ? "replace" : ck_lora_op_name(it->op));
 		cJSON_AddBoolToObject(t, "replaced", it->replace != NULL);
 		if (it->op != CK_LOP_NONE) {
@@ -294,10 +296,11 @@ int cmd_merge_lora(int argc, char **argv)
 		goto fail;
 	if (ck_model_kind(base) == CK_MODEL_FOLDER) {
 		const char *skip[] = { "merge-report.json", "config.json" };
-		/* MXFP4 experts came out BF16: the config loses quantization_config. */
-		if (plan->nmxfp4 && (rc = write_config(out, ck_model_dir(base), &d)))
+		int dequant = plan->nmxfp4 || plan->nbnb;
+		/* MXFP4 experts / bnb weights came out dequantized: the config loses quantization_config. */
+		if (dequant && (rc = write_config(out, ck_model_dir(base), &d)))
 			goto fail;
-		if ((rc = ck_copy_aux_files(out, ck_model_dir(base), skip, plan->nmxfp4 ? 2 : 1, &d)) < 0)
+		if ((rc = ck_copy_aux_files(out, ck_model_dir(base), skip, dequant ? 2 : 1, &d)) < 0)
 			goto fail;
 	}
 	rep = report_json(plan, argv[0], argv[1], &o, tok);
@@ -321,6 +324,8 @@ int cmd_merge_lora(int argc, char **argv)
 		printf("merged %zu adapter tensors into %zu of %zu tensors", plan->nadapter_tensors, nmerged, nout);
 		if (plan->nmxfp4)
 			printf("; %zu MXFP4 expert tensors dequantized to BF16", plan->nmxfp4);
+		if (plan->nbnb)
+			printf("; %zu bitsandbytes 4-bit weights dequantized", plan->nbnb);
 		if (plan->moe_layout != CK_MOE_AUTO)
 			printf("; experts: %s layout (decided by %s)", ck_moe_layout_name(plan->moe_layout),
 			       plan->moe_why);

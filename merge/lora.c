@@ -10,6 +10,7 @@
 #include <cjson/cJSON.h>
 #include "lora.h"
 #include "../libtensor/model.h"
+#include "../quant/bnb.h"
 
 /* ==================== adapter_config.json ==================== */
 
@@ -274,6 +275,7 @@ void ck_lora_plan_free(struct ck_lora_plan *p)
 		free(p->items[i].key);
 		if (p->items[i].mx_scales)
 			free((char *)p->items[i].out_name);
+		free(p->items[i].bnb);
 	}
 	free(p->items);
 	ck_lora_config_release(&p->cfg);
@@ -318,6 +320,47 @@ struct planner {
 	size_t nmods;
 	struct ck_diag *d;
 };
+
+/*
+ * Find the bitsandbytes 4-bit weights of the base: each packed weight
+ * becomes its logical tensor (dequantized on the fly), its auxiliary
+ * tensors (absmax, quant_map, nested_*, quant_state) are dropped.
+ */
+static int find_bnb(struct planner *pl)
+{
+	struct ck_lora_plan *p = pl->p;
+
+	for (size_t i = 0; i < p->nitems; i++) {
+		struct ck_lora_item *it = &p->items[i];
+		struct ck_bnb_group *g;
+		const struct ck_tensor *aux[5];
+
+		if (!ck_bnb_is_weight(pl->base, it->base->name))
+			continue;
+		g = ck_calloc(1, sizeof(*g));
+		if (!g)
+			return ck_fail(pl->d, CK_ENOMEM, "out of memory");
+		it->bnb = g;
+		CK_TRY(ck_bnb_group_open(pl->base, it->base->name, g, pl->d));
+		if (!ck_dtype_is_float(g->dtype))
+			return ck_fail(pl->d, CK_EUNSUPPORTED, "'%s': tensor '%s': bnb logical dtype %s",
+				       ck_model_path(pl->base), it->base->name, ck_dtype_name(g->dtype));
+		it->dtype = g->dtype;
+		it->ndim = g->ndim;
+		memcpy(it->shape, g->shape, sizeof(it->shape));
+		aux[0] = g->absmax;
+		aux[1] = g->quant_map;
+		aux[2] = g->nested_absmax;
+		aux[3] = g->nested_quant_map;
+		aux[4] = g->state;
+		for (size_t j = 0; j < p->nitems; j++)
+			for (size_t k = 0; k < CK_ARRAY_SIZE(aux); k++)
+				if (aux[k] && p->items[j].base == aux[k])
+					p->items[j].drop = true;
+		p->nbnb++;
+	}
+	return 0;
+}
 
 static const char *strip_prefix(const char *name)
 {
@@ -378,6 +421,7 @@ static int find_mxfp4(struct planner *pl)
 		}
 		it->out_name = x;
 		it->mx_scales = s;
+		it->dtype = CK_DT_BF16;
 		it->ndim = 3;
 		it->shape[0] = b->shape[0];
 		it->shape[1] = b->shape[2] * 32;
@@ -490,18 +534,18 @@ static int collect(struct planner *pl)
 				return ck_fail(pl->d, CK_EINVAL, "'%s': tensor '%s': base tensor '%s' is replaced "
 					       "twice", ck_model_path(ad), esc_name(t->name, e, sizeof(e)),
 					       it->base->name);
-			if (!same_shape(t, it->base)) {
+			if (t->ndim != it->ndim || memcmp(t->shape, it->shape, sizeof(uint64_t) * (size_t)t->ndim)) {
 				char s1[96], s2[96];
 				return ck_fail(pl->d, CK_EUNSUPPORTED, "'%s': tensor '%s': shape %s but base "
 					       "'%s' is %s (a resized vocabulary is not supported)",
 					       ck_model_path(ad), esc_name(t->name, e, sizeof(e)),
 					       ck_shape_str(t->shape, t->ndim, s1, sizeof(s1)), it->base->name,
-					       ck_shape_str(it->base->shape, it->base->ndim, s2, sizeof(s2)));
+					       ck_shape_str(it->shape, it->ndim, s2, sizeof(s2)));
 			}
-			if (!ck_dtype_is_float(it->base->dtype))
+			if (!ck_dtype_is_float(it->dtype))
 				return ck_fail(pl->d, CK_EUNSUPPORTED, "'%s': tensor '%s': base '%s' is %s, not "
 					       "a float tensor", ck_model_path(ad), esc_name(t->name, e, sizeof(e)),
-					       it->base->name, ck_dtype_name(it->base->dtype));
+					       it->base->name, ck_dtype_name(it->dtype));
 			it->replace = t;
 			pl->used[i] = true;
 		}
@@ -650,8 +694,8 @@ static int map_module(struct planner *pl, struct amod *m)
 		it->B = m->t[AK_EMB_B];
 		pl->used[m->idx[AK_EMB_A]] = pl->used[m->idx[AK_EMB_B]] = true;
 		/* A [r, V], B [H, r], W [V, H] */
-		if (it->base->ndim != 2 || it->A->ndim != 2 || it->B->ndim != 2 || it->A->shape[0] != it->B->shape[1] ||
-		    it->A->shape[1] != it->base->shape[0] || it->B->shape[0] != it->base->shape[1])
+		if (it->ndim != 2 || it->A->ndim != 2 || it->B->ndim != 2 || it->A->shape[0] != it->B->shape[1] ||
+		    it->A->shape[1] != it->shape[0] || it->B->shape[0] != it->shape[1])
 			return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': lora_embedding_A/B do not fit '%s' "
 				       "(rank mismatch or wrong shape)", ap, m->path, name);
 		it->key = ck_strndup(m->path, mlen);
@@ -699,9 +743,9 @@ static int map_module(struct planner *pl, struct amod *m)
 		if (!it->key)
 			return ck_fail(pl->d, CK_ENOMEM, "out of memory");
 		{
-			uint64_t out = it->fifo ? it->base->shape[1] : it->base->shape[0];
-			uint64_t in = it->fifo ? it->base->shape[0] : it->base->shape[1];
-			if (it->base->ndim != 2 || A->ndim != 2 || B->ndim != 2 || A->shape[0] != B->shape[1])
+			uint64_t out = it->fifo ? it->shape[1] : it->shape[0];
+			uint64_t in = it->fifo ? it->shape[0] : it->shape[1];
+			if (it->ndim != 2 || A->ndim != 2 || B->ndim != 2 || A->shape[0] != B->shape[1])
 				return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': rank mismatch between lora_A "
 					       "and lora_B (or not a 2-D weight)", ap, m->path);
 			if (A->shape[1] != in || B->shape[0] != out)
@@ -716,7 +760,7 @@ static int map_module(struct planner *pl, struct amod *m)
 			if (it->fifo)
 				return ck_fail(pl->d, CK_EUNSUPPORTED, "'%s': module '%s': DoRA with fan_in_fan_out "
 					       "is not supported", ap, m->path);
-			if (g->ndim != 1 || g->shape[0] != it->base->shape[0])
+			if (g->ndim != 1 || g->shape[0] != it->shape[0])
 				return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': lora_magnitude_vector does not "
 					       "fit '%s'", ap, m->path, it->base->name);
 			it->mag = g;
@@ -831,13 +875,14 @@ int ck_lora_plan(struct ck_lora_plan **out, const struct ck_model *base, const s
 		it->base = ck_model_tensor(base, i);
 		it->out_name = it->base->name;
 		it->ndim = it->base->ndim;
+		it->dtype = it->base->dtype;
 		memcpy(it->shape, it->base->shape, sizeof(it->shape));
 	}
 	if (!na) {
 		rc = ck_fail(d, CK_EINVAL, "'%s': the adapter holds no tensors", ck_model_path(adapter));
 		goto out;
 	}
-	if ((rc = find_mxfp4(&pl)) || (rc = collect(&pl)))
+	if ((rc = find_mxfp4(&pl)) || (rc = find_bnb(&pl)) || (rc = collect(&pl)))
 		goto out;
 	for (size_t i = 0; i < pl.nmods && !rc; i++)
 		rc = map_module(&pl, &pl.mods[i]);
@@ -852,10 +897,10 @@ int ck_lora_plan(struct ck_lora_plan **out, const struct ck_model *base, const s
 		}
 	for (size_t i = 0; i < p->nitems && !rc; i++) {
 		struct ck_lora_item *it = &p->items[i];
-		if (it->op != CK_LOP_NONE && !it->mx_scales && !ck_dtype_is_float(it->base->dtype))
+		if (it->op != CK_LOP_NONE && !ck_dtype_is_float(it->dtype))
 			rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': dtype %s cannot take a LoRA delta "
 				     "(F32, F16 or BF16 bases only)", ck_model_path(base), it->base->name,
-				     ck_dtype_name(it->base->dtype));
+				     ck_dtype_name(it->dtype));
 		if (it->op != CK_LOP_NONE || it->replace)
 			p->nadapted++;
 	}

@@ -36,6 +36,7 @@
 
 struct ck_model;
 struct ck_out;
+struct ck_bnb_group;
 
 /* "alpha_pattern" / "rank_pattern" entries, in JSON order (first match wins). */
 struct ck_lora_pat {
@@ -99,14 +100,19 @@ enum ck_lora_op {
  * One output tensor: a base tensor, and what happens to it.  An MXFP4
  * expert pair (X_blocks [E, OUT, G, 16] + X_scales [E, OUT, G], gpt-oss)
  * is one item on the blocks tensor: it is written as X, BF16, in the HF
- * layout [E, IN = 32G, OUT], and the scales' item is dropped.
+ * layout [E, IN = 32G, OUT], and the scales' item is dropped.  A
+ * bitsandbytes 4-bit weight is one item on its packed tensor, written
+ * dequantized in its logical dtype and shape; its auxiliary tensors are
+ * dropped.
  */
 struct ck_lora_item {
 	const struct ck_tensor *base;
 	const char *out_name;			/* the base's name, or X for an MXFP4 pair */
 	int ndim;				/* the logical shape (the base's, or [E, IN, OUT]) */
 	uint64_t shape[CK_MAX_DIMS];
+	enum ck_dtype dtype;			/* the logical dtype (BF16 for MXFP4, bnb's stored one) */
 	const struct ck_tensor *mx_scales;	/* MXFP4 pair: the scales (base is the blocks) */
+	struct ck_bnb_group *bnb;		/* a bitsandbytes 4-bit weight, dequantized on the fly */
 	bool drop;				/* not written: the scales of an MXFP4 pair */
 	const struct ck_tensor *replace;	/* adapter tensor that replaces the data, or NULL */
 	enum ck_lora_op op;
@@ -130,6 +136,7 @@ struct ck_lora_plan {
 	enum ck_moe_layout moe_layout;		/* the decision for expert params (AUTO if none) */
 	const char *moe_why;
 	size_t nmxfp4;				/* MXFP4 expert pairs dequantized to BF16 */
+	size_t nbnb;				/* bitsandbytes 4-bit weights dequantized */
 };
 
 struct ck_lora_opts {

@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 #include "lora.h"
 #include "../libtensor/model.h"
+#include "../quant/bnb.h"
 #include "../quant/mxfp4.h"
 #include "../libtensor/stwriter.h"
 
@@ -56,44 +57,44 @@ static float through(enum ck_dtype dt, float x)
 #define LANES 8
 
 /*
- * acc[i][c] = sum over k (in order, from 0) of u[k][i] * v[k][c], for i < nr.
- * Each element is the plain fp32 sum of the same products in the same order
- * whatever nr is; the grouping only lets one load of v[k][c..c+8) serve four
- * rows (and the compiler vectorize the fixed-width inner loops).
+ * acc[i][c] = sum over k (in order, from 0) of u[k][i] * v[k][c], for i < nr;
+ * each element the same chain whatever nr is: the grouping only lets one
+ * load of v[k][c..c+8) serve four rows.
+ *
+ * PyTorch's CPU matmul (MKL / oneDNN sgemm) sums B@A over k in order as a
+ * chain of fused multiply-adds: acc = fma(b_k, a_k, acc) from acc = 0.  We
+ * do the same, explicitly (fmaf; -ffp-contract=off only forbids the
+ * compiler from fusing behind our back), so d matches PEFT's bit for bit
+ * instead of differing in the last fp32 bit, which shows after a
+ * cancellation in W + d.  With AVX2+FMA the chains of 4 rows x 8 columns
+ * run in vector registers; elsewhere the same chains run through fmaf.
  */
-typedef float v4f __attribute__((vector_size(16)));	/* GCC/clang vector extension */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_FMA_KERNEL 1
 
-static inline v4f load4(const float *p)
-{
-	v4f x;
-	memcpy(&x, p, sizeof(x));
-	return x;
-}
-
-static void kernel(int nr, uint64_t r, const float *u, const float *const *v, uint64_t C, float *acc)
+__attribute__((target("avx2,fma")))
+static void kernel_avx2(int nr, uint64_t r, const float *u, const float *const *v, uint64_t C, float *acc)
 {
 	uint64_t c = 0;
 
-	/* Eight accumulators stay in registers; mul and add stay separate (no FMA). */
 	for (; c + LANES <= C; c += LANES) {
-		v4f a00 = { 0 }, a01 = { 0 }, a10 = { 0 }, a11 = { 0 };
-		v4f a20 = { 0 }, a21 = { 0 }, a30 = { 0 }, a31 = { 0 };
+		__m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+		__m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
 		for (uint64_t k = 0; k < r; k++) {
-			const float *vk = v[k] + c, *uk = u + k * GROUP;
-			v4f x0 = load4(vk), x1 = load4(vk + 4);
-			v4f u0 = { uk[0], uk[0], uk[0], uk[0] }, u1 = { uk[1], uk[1], uk[1], uk[1] };
-			v4f u2 = { uk[2], uk[2], uk[2], uk[2] }, u3 = { uk[3], uk[3], uk[3], uk[3] };
-			a00 += u0 * x0;
-			a01 += u0 * x1;
-			a10 += u1 * x0;
-			a11 += u1 * x1;
-			a20 += u2 * x0;
-			a21 += u2 * x1;
-			a30 += u3 * x0;
-			a31 += u3 * x1;
+			const float *uk = u + k * GROUP;
+			__m256 x = _mm256_loadu_ps(v[k] + c);
+			a0 = _mm256_fmadd_ps(_mm256_set1_ps(uk[0]), x, a0);
+			a1 = _mm256_fmadd_ps(_mm256_set1_ps(uk[1]), x, a1);
+			a2 = _mm256_fmadd_ps(_mm256_set1_ps(uk[2]), x, a2);
+			a3 = _mm256_fmadd_ps(_mm256_set1_ps(uk[3]), x, a3);
 		}
 		{
-			v4f out[GROUP][2] = { { a00, a01 }, { a10, a11 }, { a20, a21 }, { a30, a31 } };
+			float out[GROUP][LANES];
+			_mm256_storeu_ps(out[0], a0);
+			_mm256_storeu_ps(out[1], a1);
+			_mm256_storeu_ps(out[2], a2);
+			_mm256_storeu_ps(out[3], a3);
 			for (int i = 0; i < nr; i++)
 				memcpy(acc + (uint64_t)i * C + c, out[i], sizeof(out[i]));
 		}
@@ -102,7 +103,30 @@ static void kernel(int nr, uint64_t r, const float *u, const float *const *v, ui
 		for (int i = 0; i < nr; i++) {
 			float x = 0.0f;
 			for (uint64_t k = 0; k < r; k++)
-				x += u[k * GROUP + (uint64_t)i] * v[k][c];
+				x = fmaf(u[k * GROUP + (uint64_t)i], v[k][c], x);
+			acc[(uint64_t)i * C + c] = x;
+		}
+}
+#endif
+
+static void kernel(int nr, uint64_t r, const float *u, const float *const *v, uint64_t C, float *acc)
+{
+#ifdef HAVE_FMA_KERNEL
+	static int have = -1;
+	if (have < 0) {
+		__builtin_cpu_init();
+		have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+	}
+	if (have) {
+		kernel_avx2(nr, r, u, v, C, acc);
+		return;
+	}
+#endif
+	for (uint64_t c = 0; c < C; c++)
+		for (int i = 0; i < nr; i++) {
+			float x = 0.0f;
+			for (uint64_t k = 0; k < r; k++)
+				x = fmaf(u[k * GROUP + (uint64_t)i], v[k][c], x);
 			acc[(uint64_t)i * C + c] = x;
 		}
 }
@@ -200,7 +224,7 @@ static void do_rows(struct job *j, uint64_t a, uint64_t b, int grouped, float *u
 {
 	const struct ck_lora_item *it = j->it;
 	uint64_t C = j->C, d1 = it->op == CK_LOP_EXPERTS ? it->shape[1] : UINT64_MAX;
-	enum ck_dtype bdt = it->mx_scales ? CK_DT_BF16 : it->base->dtype;
+	enum ck_dtype bdt = it->dtype;
 
 	for (uint64_t row = a; row < b;) {
 		uint64_t gr = j->r0 + row;
@@ -318,6 +342,43 @@ static int mx_expert(const struct ck_lora_item *it, uint64_t e, uint16_t *slice,
 	return 0;
 }
 
+/*
+ * Elements [first, first+n) of a bnb weight as floats, rounded through its
+ * logical dtype: transformers dequantizes to the model dtype before PEFT
+ * merges, so the base PEFT sees is BF16.
+ */
+static int bnb_rows(const struct ck_lora_item *it, uint64_t first, uint64_t n, float *w, int jobs,
+		    struct ck_diag *d)
+{
+	CK_TRY(ck_bnb_group_dequant(it->bnb, first, n, CK_DT_F32, w, jobs, d));
+	if (it->dtype != CK_DT_F32)
+		for (uint64_t i = 0; i < n; i++)
+			w[i] = through(it->dtype, w[i]);
+	return 0;
+}
+
+/* An untouched bnb weight: dequantize chunk by chunk into the output dtype. */
+static int write_bnb_plain(struct ck_stw *w, const struct ck_lora_item *it, enum ck_dtype to, int jobs,
+			   struct ck_diag *d)
+{
+	enum { CHUNK = 1 << 20 };
+	uint64_t n = it->bnb->n;
+	size_t sz = ck_dtype_bits(to) / 8;
+	void *buf = ck_mallocarray(CHUNK, sz);
+	int rc = 0;
+
+	if (!buf)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (uint64_t i = 0; i < n && !rc; i += CHUNK) {
+		uint64_t k = n - i < CHUNK ? n - i : CHUNK;
+		rc = ck_bnb_group_dequant(it->bnb, i, k, to, buf, jobs, d);
+		if (!rc)
+			rc = ck_stw_write(w, buf, k * sz, d);
+	}
+	free(buf);
+	return rc;
+}
+
 /* An untouched MXFP4 pair: dequantize expert by expert into the output dtype. */
 static int write_mx_plain(struct ck_stw *w, const struct ck_lora_item *it, enum ck_dtype to, int jobs,
 			  struct ck_diag *d)
@@ -427,7 +488,7 @@ static int write_merged(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype
 		goto nomem;
 	for (uint64_t r0 = 0; r0 < j.R && !rc; r0 += block) {
 		uint64_t n = j.R - r0 < block ? j.R - r0 : block;
-		const uint8_t *p = it->mx_scales ? NULL : src->data + r0 * j.C * in_sz;
+		const uint8_t *p = it->mx_scales || (it->bnb && !it->replace) ? NULL : src->data + r0 * j.C * in_sz;
 		j.r0 = r0;
 		j.nrows = n;
 		if (it->mx_scales) {
@@ -435,6 +496,10 @@ static int write_merged(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype
 			if (rc)
 				break;
 			ck_bf16_to_f32_n(j.slice, j.w, n * j.C);
+		} else if (it->bnb && !it->replace) {
+			rc = bnb_rows(it, r0 * j.C, n * j.C, j.w, jobs, d);
+			if (rc)
+				break;
 		} else {
 			ck_convert(src->dtype, p, CK_DT_F32, j.w, n * j.C);
 		}
@@ -496,7 +561,7 @@ int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck
 		return ck_fail(d, CK_ENOMEM, "out of memory");
 	for (size_t i = 0; i < p->nitems; i++) {
 		const struct ck_lora_item *it = &p->items[i];
-		enum ck_dtype dt = it->mx_scales ? CK_DT_BF16 : it->base->dtype;
+		enum ck_dtype dt = it->dtype;
 		if (it->drop)
 			continue;
 		plan[n].name = it->out_name;
@@ -515,6 +580,8 @@ int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck
 			rc = write_merged(w, it, pt->dtype, jobs, grouped, d);
 		else if (it->mx_scales)
 			rc = write_mx_plain(w, it, pt->dtype, jobs, d);
+		else if (it->bnb && !it->replace)
+			rc = write_bnb_plain(w, it, pt->dtype, jobs, d);
 		else if (it->replace)
 			rc = write_converted(w, it->replace, pt->dtype, d);
 		else if (pt->dtype == t->dtype)

@@ -107,6 +107,19 @@ def make_mxfp4_base():
 		shutil.copyfile(src / f, dst / f)
 
 
+# On a bitsandbytes NF4 base (tests/fixtures/bnb, made by scripts/make-fixtures-bnb.py):
+# the reference is transformers' dequantize() (to the model dtype) followed by PEFT,
+# the "merge into dequant(W4)" recipe; PEFT's own Linear4bit merge re-quantizes.
+BNB_BASE = FIX / "bnb" / "tiny-gpt-oss-bnb-nf4"
+BNB_CASES = {"oss-bnb-attn": "oss-attn", "oss-bnb-experts": "oss-experts"}
+
+
+def load_bnb_dequantized():
+	from transformers import AutoModelForCausalLM
+	m = AutoModelForCausalLM.from_pretrained(BNB_BASE, dtype=torch.bfloat16, attn_implementation="eager")
+	return m.dequantize().to(torch.bfloat16)
+
+
 def load_mxfp4_dequantized():
 	from transformers import AutoModelForCausalLM, Mxfp4Config
 	m = AutoModelForCausalLM.from_pretrained(MXFP4_BASE, quantization_config=Mxfp4Config(dequantize=True),
@@ -197,17 +210,21 @@ def make():
 	make_mxfp4_base()
 	from safetensors.torch import load_file as tload2
 	raw = tload2(str(MXFP4_BASE / "model.safetensors"))
-	for case, adapter in MXFP4_CASES.items():
-		merged = PeftModel.from_pretrained(load_mxfp4_dequantized(), OUT / adapter).merge_and_unload()
+	for case, adapter in list(MXFP4_CASES.items()) + list(BNB_CASES.items()):
+		if case in BNB_CASES:
+			raw = tload2(str(BNB_BASE / "model.safetensors"))
+		load = load_bnb_dequantized if case in BNB_CASES else load_mxfp4_dequantized
+		merged = PeftModel.from_pretrained(load(), OUT / adapter).merge_and_unload()
 		ref = {}
 		for k, v in merged.state_dict().items():
 			if k not in raw or not torch.equal(v, raw[k]):
 				ref[k] = v.detach().contiguous().view(torch.uint16).numpy()
 		ref["__logits__"] = logits_of(merged)
 		save_file(ref, str(OUT / "ref" / f"{case}.safetensors"),
-		          metadata={"case": case, "base": MXFP4_BASE.name, "adapter": adapter,
+		          metadata={"case": case, "base": (BNB_BASE if case in BNB_CASES else MXFP4_BASE).name,
+		                    "adapter": adapter,
 		                    "dtype": "BF16 bit patterns stored as U16"})
-		print(f"{case}: {len(ref) - 1} tensors differ from the MXFP4 base")
+		print(f"{case}: {len(ref) - 1} tensors differ from the quantized base")
 	import importlib.metadata as md
 	(OUT / "VERSIONS.txt").write_text("# scripts/make-fixtures-lora.py\n" + "".join(
 		f"{n}=={md.version(n)}\n" for n in ("torch", "transformers", "peft", "safetensors", "numpy")))
