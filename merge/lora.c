@@ -258,7 +258,7 @@ int ck_lora_pattern(const struct ck_lora_pat *p, size_t n, const char *key, doub
 
 const char *ck_lora_op_name(enum ck_lora_op op)
 {
-	static const char *const names[] = { "copy", "linear", "embedding", "experts", "bias" };
+	static const char *const names[] = { "copy", "linear", "embedding", "experts", "bias", "per-expert" };
 	return (unsigned)op < CK_ARRAY_SIZE(names) ? names[op] : "?";
 }
 
@@ -276,6 +276,8 @@ void ck_lora_plan_free(struct ck_lora_plan *p)
 		if (p->items[i].mx_scales)
 			free((char *)p->items[i].out_name);
 		free(p->items[i].bnb);
+		free(p->items[i].pA);
+		free(p->items[i].pB);
 	}
 	free(p->items);
 	ck_lora_config_release(&p->cfg);
@@ -666,6 +668,98 @@ static int expert_shapes(struct planner *pl, struct ck_lora_item *it, const stru
 	return 0;
 }
 
+/*
+ * Unsloth's per-expert Linear LoRA: module <m>.gate_up_projs.<e> (or
+ * down_projs) when the base has the fused <m>.gate_up_proj [E, in, out].
+ * Expert e's Linear weight is W[e]^T (bnb-nf4.md 5), so its delta goes in
+ * as (B_e A_e)^T, one rounding (Unsloth folds in fp32).  Returns 1 when
+ * the module is one, 0 when not, or a negative status.
+ */
+static int map_perexpert(struct planner *pl, struct amod *m, size_t mlen)
+{
+	static const struct {
+		const char *seg, *param;
+	} kinds[] = { { ".gate_up_projs.", "gate_up_proj" }, { ".down_projs.", "down_proj" } };
+	const char *ap = ck_model_path(pl->adapter);
+	char name[1024];
+
+	for (size_t k = 0; k < CK_ARRAY_SIZE(kinds); k++) {
+		const char *seg = NULL, *p = m->path, *q;
+		struct ck_lora_item *it;
+		const struct ck_tensor *A = m->t[AK_A], *B = m->t[AK_B];
+		char *end;
+		unsigned long long e;
+
+		for (q = strstr(p, kinds[k].seg); q && q < p + mlen; q = strstr(q + 1, kinds[k].seg))
+			seg = q;
+		if (!seg)
+			continue;
+		q = seg + strlen(kinds[k].seg);
+		if (*q < '0' || *q > '9')
+			continue;
+		e = strtoull(q, &end, 10);
+		if (end != p + mlen)
+			continue;
+		snprintf(name, sizeof(name), "%.*s.%s", (int)(seg - p), p, kinds[k].param);
+		it = item_of(pl, name);
+		if (!it || it->ndim != 3)
+			return 0;
+		if (it->op != CK_LOP_NONE && it->op != CK_LOP_PEREXPERT)
+			return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': '%s' is adapted twice", ap, m->path,
+				       name);
+		if (e >= it->shape[0])
+			return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': expert %llu of %" PRIu64, ap, m->path,
+				       e, it->shape[0]);
+		if (m->t[AK_MAG] || m->t[AK_BBIAS] || !A || !B)
+			return ck_fail(pl->d, CK_EUNSUPPORTED, "'%s': module '%s': per-expert LoRA needs lora_A "
+				       "and lora_B only", ap, m->path);
+		if (A->ndim != 2 || B->ndim != 2 || A->shape[0] != B->shape[1] || A->shape[1] != it->shape[1] ||
+		    B->shape[0] != it->shape[2])
+			return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': lora_A/B do not fit expert %llu of "
+				       "'%s' (rank mismatch or wrong shape)", ap, m->path, e, name);
+		if (it->op == CK_LOP_NONE) {
+			it->op = CK_LOP_PEREXPERT;
+			it->E = it->shape[0];
+			it->layout = CK_MOE_STANDARD;
+			it->layout_why = "per-expert Linear (W[e] is the Linear weight transposed)";
+			it->pA = ck_calloc(it->E, sizeof(*it->pA));
+			it->pB = ck_calloc(it->E, sizeof(*it->pB));
+			it->key = ck_strndup(m->path, mlen);
+			if (!it->pA || !it->pB || !it->key)
+				return ck_fail(pl->d, CK_ENOMEM, "out of memory");
+			CK_TRY(resolve_scale(pl, it, A->shape[0]));
+		} else {
+			struct ck_lora_item one = *it;
+			if (it->pA[e])
+				return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': expert %llu twice", ap, m->path, e);
+			/* Every expert must resolve to the same rank and scale. */
+			one.key = ck_strndup(m->path, mlen);
+			if (!one.key)
+				return ck_fail(pl->d, CK_ENOMEM, "out of memory");
+			if (A->shape[0] != it->r) {
+				free(one.key);
+				return ck_fail(pl->d, CK_EUNSUPPORTED, "'%s': module '%s': rank %" PRIu64 " but expert "
+					       "0's is %" PRIu64 " (per-expert ranks must agree)", ap, m->path,
+					       A->shape[0], it->r);
+			}
+			{
+				int rc = resolve_scale(pl, &one, A->shape[0]);
+				free(one.key);
+				if (rc)
+					return rc;
+			}
+			if (one.scale != it->scale)
+				return ck_fail(pl->d, CK_EUNSUPPORTED, "'%s': module '%s': another alpha than the "
+					       "other experts of '%s'", ap, m->path, name);
+		}
+		it->pA[e] = A;
+		it->pB[e] = B;
+		pl->used[m->idx[AK_A]] = pl->used[m->idx[AK_B]] = true;
+		return 1;
+	}
+	return 0;
+}
+
 /* Pass 2: map each LoRA module to its base tensor. */
 static int map_module(struct planner *pl, struct amod *m)
 {
@@ -709,6 +803,11 @@ static int map_module(struct planner *pl, struct amod *m)
 			return ck_fail(pl->d, CK_EINVAL, "'%s': module '%s': lora_%s without lora_%s", ap, m->path,
 				       A ? "A" : "B", A ? "B" : "A");
 		snprintf(name, sizeof(name), "%.*s.weight", (int)mlen, m->path);
+		if (!nest && !ck_model_find(pl->base, name)) {
+			int rc = map_perexpert(pl, m, mlen);
+			if (rc)
+				return rc < 0 ? rc : 0;
+		}
 		if (pl->p->cfg.ntarget_params && (nest || !ck_model_find(pl->base, name))) {
 			CK_TRY(resolve_param(pl, m->path, mlen, nest, &it));
 			expert = 1;

@@ -94,6 +94,7 @@ enum ck_lora_op {
 	CK_LOP_EMBED,		/* nn.Embedding weight [V, H] */
 	CK_LOP_EXPERTS,		/* a 3-D ParamWrapper parameter [E, d1, d2] */
 	CK_LOP_BIAS,		/* bias += s * lora_B.bias */
+	CK_LOP_PEREXPERT,	/* Unsloth per-expert Linear LoRA (gate_up_projs.<e>) on a fused [E, in, out] */
 };
 
 /*
@@ -125,6 +126,7 @@ struct ck_lora_item {
 	enum ck_moe_layout layout;		/* EXPERTS */
 	const char *layout_why;			/* the evidence that decided it */
 	double max_delta;			/* max |W' - W|, filled by ck_lora_write */
+	const struct ck_tensor **pA, **pB;	/* PEREXPERT: lora_A/B of expert e, or NULL */
 };
 
 struct ck_lora_plan {

@@ -155,7 +155,8 @@ static void factors(const struct job *j, uint64_t gr, int i, int grouped, float 
 			v[k] = j->Bt + k * j->C;
 		}
 		break;
-	case CK_LOP_EXPERTS: {
+	case CK_LOP_EXPERTS:
+	case CK_LOP_PEREXPERT: {
 		uint64_t d1 = it->shape[1], e = gr / d1, x = gr % d1;
 		for (uint64_t k = 0; k < r; k++) {
 			/* PEFT reads lora_B expert-fastest; old Unsloth packed it expert-major. */
@@ -223,7 +224,7 @@ static void do_rows(struct job *j, uint64_t a, uint64_t b, int grouped, float *u
 		    float *acc, double *maxd, int *bad)
 {
 	const struct ck_lora_item *it = j->it;
-	uint64_t C = j->C, d1 = it->op == CK_LOP_EXPERTS ? it->shape[1] : UINT64_MAX;
+	uint64_t C = j->C, d1 = it->op == CK_LOP_EXPERTS || it->op == CK_LOP_PEREXPERT ? it->shape[1] : UINT64_MAX;
 	enum ck_dtype bdt = it->dtype;
 
 	for (uint64_t row = a; row < b;) {
@@ -259,7 +260,8 @@ static void do_rows(struct job *j, uint64_t a, uint64_t b, int grouped, float *u
 				}
 				continue;
 			}
-			finish_row(w, ac, C, j->s32, it->op == CK_LOP_LINEAR ? CK_DT_F32 : bdt, maxd, bad);
+			finish_row(w, ac, C, j->s32,
+				   it->op == CK_LOP_LINEAR || it->op == CK_LOP_PEREXPERT ? CK_DT_F32 : bdt, maxd, bad);
 		}
 	}
 }
@@ -450,22 +452,50 @@ static int write_merged(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype
 
 	if (it->op == CK_LOP_BIAS)
 		return write_bias(w, it, out_dt, d);
-	j.R = it->op == CK_LOP_EXPERTS ? it->shape[0] * it->shape[1] : it->shape[0];
+	j.R = it->op == CK_LOP_EXPERTS || it->op == CK_LOP_PEREXPERT ? it->shape[0] * it->shape[1] : it->shape[0];
 	j.C = it->shape[it->ndim - 1];
 	j.jobs = jobs;
 	j.r = it->r;
 	j.rE = it->r * it->E;
-	j.A = load_floats(it->A);
-	j.B = load_floats(it->B);
+	if (it->op == CK_LOP_PEREXPERT) {
+		/* Stack the experts as a grouped_by_expert pair: A [rE, in], B [out, rE]. */
+		uint64_t d1 = it->shape[1], d2 = it->shape[2], r = it->r, E = it->E;
+		j.A = ck_calloc(j.rE * d1, sizeof(float));
+		j.B = ck_calloc(d2 * j.rE, sizeof(float));
+		if (!j.A || !j.B)
+			goto nomem;
+		for (uint64_t e = 0; e < E; e++) {
+			float *a, *b;
+			if (!it->pA[e])
+				continue;
+			a = load_floats(it->pA[e]);
+			b = load_floats(it->pB[e]);
+			if (!a || !b) {
+				free(a);
+				free(b);
+				goto nomem;
+			}
+			memcpy(j.A + e * r * d1, a, r * d1 * sizeof(float));
+			for (uint64_t y = 0; y < d2; y++)
+				memcpy(j.B + y * j.rE + e * r, b + y * r, r * sizeof(float));
+			free(a);
+			free(b);
+		}
+		grouped = 1;
+	} else {
+		j.A = load_floats(it->A);
+		j.B = load_floats(it->B);
+	}
 	if (!j.A || !j.B)
 		goto nomem;
 	if (it->mag && !(j.mag = load_floats(it->mag)))
 		goto nomem;
 	/* Factors read along columns get a transposed copy: B^T [cols of B][rows of B]. */
-	if ((it->op == CK_LOP_LINEAR && it->fifo) || it->op == CK_LOP_EMBED ||
+	if ((it->op == CK_LOP_LINEAR && it->fifo) || it->op == CK_LOP_EMBED || it->op == CK_LOP_PEREXPERT ||
 	    (it->op == CK_LOP_EXPERTS && it->layout == CK_MOE_STANDARD)) {
-		uint64_t br = it->B->shape[0], bc = it->B->shape[1];
-		j.Bt = ck_mallocarray(it->B->nelem, sizeof(float));
+		uint64_t br = it->op == CK_LOP_PEREXPERT ? it->shape[2] : it->B->shape[0];
+		uint64_t bc = it->op == CK_LOP_PEREXPERT ? j.rE : it->B->shape[1];
+		j.Bt = ck_mallocarray(br * bc, sizeof(float));
 		if (!j.Bt)
 			goto nomem;
 		for (uint64_t a = 0; a < br; a++)

@@ -10,6 +10,7 @@ import json
 import pathlib
 import struct
 
+import ml_dtypes
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
@@ -222,3 +223,107 @@ def test_same_tokenizer_is_recorded(tmp_path):
     assert r.code == 0, r
     tok = json.loads((tmp_path / "o2" / "merge-report.json").read_text())["tokenizer"]
     assert tok["checked"] is False
+
+
+def test_unsloth_grouped_by_expert_marker(tmp_path):
+    """Unsloth's lora_B_layout "grouped_by_expert" packs lora_B expert-major
+    (column e*r + k); PEFT's (and "rank_major") is expert-fastest (k*E + e).
+    The same adapter repacked with the marker must merge to the same model."""
+    from safetensors.numpy import save_file
+    src = LORA / "oss-experts"
+    ad = load_file(str(src / "adapter_model.safetensors"))
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    E, r = 4, cfg["r"]
+    out = {}
+    for k, v in ad.items():
+        if "experts" in k and k.endswith("lora_B.weight"):
+            cols = [kk * E + e for e in range(E) for kk in range(r)]
+            v = np.ascontiguousarray(v[:, cols])
+        out[k] = v
+    for marker in ("grouped_by_expert", "rank_major"):
+        d = tmp_path / marker
+        d.mkdir()
+        save_file(out if marker == "grouped_by_expert" else ad, str(d / "adapter_model.safetensors"),
+                  metadata={"format": "pt"})
+        (d / "adapter_config.json").write_text(json.dumps(dict(cfg, lora_B_layout=marker)))
+        r_ = run("merge-lora", BASES["oss"], d, tmp_path / f"o-{marker}")
+        assert r_.code == 0, r_
+        got = raw_tensors(tmp_path / f"o-{marker}")
+        ref = load_file(str(LORA / "ref" / "oss-experts.safetensors"))
+        for name in ref:
+            if name != "__logits__":
+                assert np.array_equal(np.frombuffer(got[name][2], dtype=np.uint16), ref[name].reshape(-1)), name
+    # The marker read the wrong way scrambles the experts (the test can fail).
+    d = tmp_path / "wrong"
+    d.mkdir()
+    save_file(out, str(d / "adapter_model.safetensors"), metadata={"format": "pt"})
+    (d / "adapter_config.json").write_text(json.dumps(dict(cfg, lora_B_layout="rank_major")))
+    assert run("merge-lora", BASES["oss"], d, tmp_path / "o-wrong").code == 0
+    got = raw_tensors(tmp_path / "o-wrong")
+    name = "model.layers.0.mlp.experts.gate_up_proj"
+    assert not np.array_equal(np.frombuffer(got[name][2], dtype=np.uint16), ref[name].reshape(-1))
+
+
+def test_unsloth_per_expert_linear_lora(tmp_path):
+    """Unsloth's per-expert Linear adapters (mlp.experts.gate_up_projs.<e>,
+    down_projs.<e>: A_e [r, in], B_e [out, r]) folded into the fused HF
+    experts as W[e] += (s B_e A_e)^T.  The PEFT target_parameters adapter
+    split per expert (A_e = A[e*r:(e+1)*r], B_e = B[:, e::E]) must give
+    PEFT's merged model (ParamWrapper rounds the delta to BF16 first, a
+    per-expert Linear does not: one BF16 rounding apart)."""
+    from safetensors.numpy import save_file
+    src = LORA / "oss-experts"
+    ad = load_file(str(src / "adapter_model.safetensors"))
+    cfg = json.loads((src / "adapter_config.json").read_text())
+    E, r = 4, cfg["r"]
+    out = {}
+    for k, v in ad.items():
+        pre = "base_model.model.model.layers."
+        if ".mlp.experts." not in k:
+            out[k] = v
+            continue
+        layer = k[len(pre):].split(".")[0]
+        param = "gate_up_projs" if ".experts.base_layer." in k else "down_projs"
+        for e in range(E):
+            name = f"{pre}{layer}.mlp.experts.{param}.{e}.lora_{'A' if 'lora_A' in k else 'B'}.weight"
+            out[name] = np.ascontiguousarray(v[e * r:(e + 1) * r] if "lora_A" in k else v[:, e::E])
+    d = tmp_path / "per-expert"
+    d.mkdir()
+    save_file(out, str(d / "adapter_model.safetensors"), metadata={"format": "pt"})
+    cfg = dict(cfg, target_parameters=None,
+               target_modules=["q_proj", "v_proj"] + [f"{p}.{e}" for p in ("gate_up_projs", "down_projs")
+                                                      for e in range(E)])
+    (d / "adapter_config.json").write_text(json.dumps(cfg))
+    r_ = run("merge-lora", BASES["oss"], d, tmp_path / "o")
+    assert r_.code == 0, r_
+    got = raw_tensors(tmp_path / "o")
+    ref = load_file(str(LORA / "ref" / "oss-experts.safetensors"))
+    base = raw_tensors(BASES["oss"])
+    f = lambda b: (b.astype(np.uint32) << 16).view(np.float32)
+    scale = np.float32(cfg["lora_alpha"] / r)
+    total = exact = 0
+    for name in ref:
+        if name == "__logits__":
+            continue
+        g = np.frombuffer(got[name][2], dtype=np.uint16)
+        if "experts" not in name:
+            assert np.array_equal(g, ref[name].reshape(-1)), name
+            continue
+        # numpy's float32 matmul, one rounding to BF16 (ml_dtypes, round to nearest even)
+        w = f(np.frombuffer(base[name][2], dtype=np.uint16)).reshape(base[name][1])
+        layer, param = name.split(".")[2], name.split(".")[-1] + "s"
+        for e in range(E):
+            pre = f"base_model.model.model.layers.{layer}.mlp.experts.{param}.{e}."
+            dl = (out[pre + "lora_B.weight"] @ out[pre + "lora_A.weight"]).astype(np.float32) * scale
+            w[e] = w[e] + dl.T
+        want = w.astype(ml_dtypes.bfloat16).view(np.uint16).reshape(-1)
+        u = bf16_ulps(g, want)
+        assert u.max() <= 1, name
+        total += g.size
+        exact += int((u == 0).sum())
+        # and PEFT's own (double-rounded) result is close
+        assert np.allclose(f(g), f(ref[name].reshape(-1)), rtol=2 ** -6, atol=2 ** -8), name
+    assert exact / total >= 0.999, (exact, total)
+    rep = json.loads((tmp_path / "o" / "merge-report.json").read_text())
+    ops = {t["name"]: t["op"] for t in rep["tensors"]}
+    assert ops["model.layers.0.mlp.experts.gate_up_proj"] == "per-expert"
