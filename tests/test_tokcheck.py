@@ -512,3 +512,16 @@ def test_adapter_embedding_rows_rule(tmp_path):
     r = run("tokcheck", tiny, ad)
     assert "embedding ok: A 384 rows for 373 token ids; B 392 rows for 391 token ids" in r.out, r
     assert r.code == 1 and "added     differs: 0 ids with another content, 0 moved, 0 only in A, 1 only in B" in r.out
+
+
+def test_huge_id_against_rows_is_quick(tmp_path):
+    d = tmp_path / "huge-id"
+    d.mkdir()
+    (d / "tokenizer_config.json").write_text(json.dumps(
+        {"added_tokens_decoder": {"4294967294": {"content": "<|far|>", "special": True}}}))
+    (d / "config.json").write_text('{"vocab_size": 10}')
+    r = run("tokcheck", d, timeout=20)
+    assert r.code == 1, r
+    assert "embedding token id 4294967294 ('<|far|>') has no embedding row: 10 rows for 4294967295 token ids" \
+        in r.out
+    assert_one_line_error(run("tokcheck", d, tmp_path / "nope"), 3, "nope", "cannot open")

@@ -1332,21 +1332,45 @@ int ck_tok_embed_rows(const struct ck_model *m, uint64_t *rows, const char **nam
 
 int ck_tok_check_rows(const struct ck_tok *t, uint64_t rows, struct ck_diag *d)
 {
-	uint64_t n = ck_tok_size(t);
+	uint64_t n = ck_tok_size(t), id = UINT64_MAX;
+	const char *s = NULL;
+	uint32_t len = 0;
+	size_t lo, hi;
+
 	if (n <= rows)
 		return 0;
-	/* Name the first token that has no row. */
-	uint32_t len;
-	bool added;
-	const char *s = NULL;
-	uint64_t id;
-	for (id = rows; id < n; id++)
-		if ((s = ck_tok_token_str(t, (uint32_t)id, &len, &added)))
-			break;
+	/*
+	 * Name the first token without a row: the smallest id >= rows in either
+	 * sorted list (binary search: a hostile id near 2^32 must not mean a
+	 * loop over every id below it).
+	 */
+	for (lo = 0, hi = t->nvocab; lo < hi;) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (t->vocab[mid].id < rows)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < t->nvocab) {
+		id = t->vocab[lo].id;
+		s = t->vocab[lo].s;
+		len = t->vocab[lo].len;
+	}
+	for (lo = 0, hi = t->nadded; lo < hi;) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (t->added[mid].id < rows)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	if (lo < t->nadded && t->added[lo].id <= id) {
+		id = t->added[lo].id;
+		s = t->added[lo].content;
+		len = t->added[lo].len;
+	}
 	char esc[96];
 	return ck_fail(d, CK_EDIFF, "token id %" PRIu64 " ('%s') has no embedding row: %" PRIu64
-		       " rows for %" PRIu64 " token ids", id, s ? ck_escape(s, len, esc, sizeof(esc)) : "?",
-		       rows, n);
+		       " rows for %" PRIu64 " token ids", id, ck_escape(s, len, esc, sizeof(esc)), rows, n);
 }
 
 int ck_tok_check_adapter_rows(uint64_t base_rows, uint64_t adapter_rows,
