@@ -927,6 +927,15 @@ static int write_rows(struct stream *s, const struct ck_tensor *t, uint64_t e0, 
 		      uint32_t ty, struct ck_diag *d)
 {
 	uint64_t per = s->fcap / n;
+	enum ck_dtype same = ty == CK_GGML_F32 ? CK_DT_F32 : ty == CK_GGML_F16 ? CK_DT_F16 :
+			     ty == CK_GGML_BF16 ? CK_DT_BF16 : CK_DT_UNKNOWN;
+
+	/* same type in and out: the bytes are copied by the kernel (copy_file_range) */
+	if (t->dtype == same && !bnb_of(s->c, t)) {
+		uint64_t es = ck_dtype_bits(t->dtype) / 8;
+		return ck_ggw_copy_fd(s->w, ck_model_file_fd(s->c->m, t->file), t->offset + e0 * es,
+				      nrows * n * es, d);
+	}
 	if (per == 0)
 		per = 1;
 	for (uint64_t r = 0; r < nrows; r += per) {
@@ -965,6 +974,13 @@ static int mxfp4_row_f32(const struct conv *c, const struct ck_tensor *scl, uint
 	return 0;
 }
 
+/* Let the kernel drop the mapped pages of expert e's blocks and scales (nblk blocks each). */
+static void done_expert(const struct ck_tensor *blk, const struct ck_tensor *scl, uint64_t e, uint64_t nblk)
+{
+	ck_model_done_range(blk->data + e * nblk * CK_MX_BLOCK_BYTES, (size_t)(nblk * CK_MX_BLOCK_BYTES));
+	ck_model_done_range(scl->data + e * nblk, (size_t)nblk);
+}
+
 /*
  * One expert tensor (gate: rows 2i, up: rows 2i+1, down: all rows of the
  * source's output dimension), expert by expert.
@@ -995,6 +1011,7 @@ static int write_experts(struct stream *s, const struct otensor *ot, struct ck_d
 				}
 			}
 			CK_TRY(ck_ggw_write(s->w, s->out, (size_t)(rows * G * 17), d));
+			done_expert(blk, scl, e, src_rows * G);
 			continue;
 		}
 		if (blk) {
@@ -1003,6 +1020,7 @@ static int write_experts(struct stream *s, const struct otensor *ot, struct ck_d
 				CK_TRY(mxfp4_row_f32(c, scl, sr, blk->data + sr * G * 16, scl->data + sr * G, G,
 						     s->f + r * cols, d));
 			}
+			done_expert(blk, scl, e, src_rows * G);
 		} else if (flt) {
 			/* HF float experts are [E, IN, OUT]: transpose, taking every step-th column. */
 			for (uint64_t in = 0; in < cols; in++) {
