@@ -8,6 +8,7 @@
  */
 #include <cjson/cJSON.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -434,6 +435,7 @@ struct conv {
 	struct hp hp;
 	struct ck_model *m;
 	struct layer *layers;	/* n_layer + 1: the last holds the non-layer tensors */
+	int threads;		/* for the block quantizers, 1..ENC_THREADS */
 	struct bnb_src *bnb;	/* bitsandbytes 4-bit weights, sorted by tensor address */
 	size_t nbnb;
 	uint64_t n_vocab;
@@ -769,10 +771,47 @@ static uint64_t row_bytes(uint32_t ty, uint64_t n)
 }
 
 /* Encode rows x[nrows][n] (f32) into ggml type ty. */
+/* Blocks [b0, b1) of x into Q8_0 or MXFP4; *bad = first element that is NaN/Inf (MXFP4), else UINT64_MAX. */
+struct enc_job {
+	const struct conv *c;
+	uint32_t ty;
+	const float *x;
+	uint8_t *out;
+	uint64_t b0, b1, bad;
+};
+
+static void *enc_blocks(void *arg)
+{
+	struct enc_job *j = arg;
+	j->bad = UINT64_MAX;
+	for (uint64_t b = j->b0; b < j->b1; b++) {
+		if (j->ty == CK_GGML_Q8_0) {
+			ck_q8_0_block(j->x + b * CK_Q8_0_BLOCK, j->out + b * CK_Q8_0_BYTES);
+		} else {
+			/* quant-mxfp4's block rule, then ggml's block_mxfp4 = { scale, split-halves qs } */
+			uint8_t pairs[CK_MX_BLOCK_BYTES], *o = j->out + b * 17;
+			int bad = ck_mx_encode_block(j->x + b * CK_MX_BLOCK, j->c->rule, pairs, o);
+			if (bad) {
+				j->bad = b * CK_MX_BLOCK + (uint64_t)(bad - 1);
+				break;
+			}
+			ck_mx_pairs_to_ggml(pairs, o + 1);
+		}
+	}
+	return NULL;
+}
+
+#define ENC_THREADS 8
+
+/* Encode rows x[nrows][n] (f32) into ggml type ty; the block types on up to ENC_THREADS threads. */
 static int encode_rows(const struct conv *c, uint32_t ty, const float *x, uint64_t nrows, uint64_t n,
 		       uint8_t *out, const char *what, struct ck_diag *d)
 {
-	uint64_t total = nrows * n;
+	uint64_t total = nrows * n, nb = total / 32;
+	struct enc_job jobs[ENC_THREADS];
+	pthread_t tid[ENC_THREADS];
+	int nt = c->threads, started[ENC_THREADS] = { 0 };
+
 	switch (ty) {
 	case CK_GGML_F32:
 		memcpy(out, x, (size_t)total * 4);
@@ -784,24 +823,31 @@ static int encode_rows(const struct conv *c, uint32_t ty, const float *x, uint64
 		ck_f32_to_bf16_n(x, (uint16_t *)(void *)out, (size_t)total);
 		return 0;
 	case CK_GGML_Q8_0:
-		for (uint64_t b = 0; b < total / CK_Q8_0_BLOCK; b++)
-			ck_q8_0_block(x + b * CK_Q8_0_BLOCK, out + b * CK_Q8_0_BYTES);
-		return 0;
 	case CK_GGML_MXFP4:
-		/* quant-mxfp4's block rule, then ggml's block_mxfp4 = { scale, split-halves qs } */
-		for (uint64_t b = 0; b < total / CK_MX_BLOCK; b++) {
-			uint8_t pairs[CK_MX_BLOCK_BYTES], *o = out + b * 17;
-			int bad = ck_mx_encode_block(x + b * CK_MX_BLOCK, c->rule, pairs, o);
-			if (bad)
-				return ck_fail(d, CK_EINVAL, "'%s': %s: NaN or Inf at element %" PRIu64
-					       ", cannot quantize to MXFP4", ck_model_path(c->m), what,
-					       b * CK_MX_BLOCK + (uint64_t)(bad - 1));
-			ck_mx_pairs_to_ggml(pairs, o + 1);
-		}
-		return 0;
+		break;
 	default:
 		return ck_fail(d, CK_EUNSUPPORTED, "ggml type %u is not an output type", ty);
 	}
+	if (nb < 64 * (uint64_t)nt)	/* not worth a thread (the tiny test models still use them) */
+		nt = 1;
+	for (int k = 0; k < nt; k++)
+		jobs[k] = (struct enc_job){ c, ty, x, out, nb * (uint64_t)k / (uint64_t)nt,
+					    nb * (uint64_t)(k + 1) / (uint64_t)nt, UINT64_MAX };
+	/* job 0 runs here; a thread that cannot start runs here too */
+	for (int k = 1; k < nt; k++)
+		started[k] = !pthread_create(&tid[k], NULL, enc_blocks, &jobs[k]);
+	enc_blocks(&jobs[0]);
+	for (int k = 1; k < nt; k++) {
+		if (started[k])
+			pthread_join(tid[k], NULL);
+		else
+			enc_blocks(&jobs[k]);
+	}
+	for (int k = 0; k < nt; k++)
+		if (jobs[k].bad != UINT64_MAX)
+			return ck_fail(d, CK_EINVAL, "'%s': %s: NaN or Inf at element %" PRIu64
+				       ", cannot quantize to MXFP4", ck_model_path(c->m), what, jobs[k].bad);
+	return 0;
 }
 
 /* ===== the output plan ===== */
@@ -1023,11 +1069,20 @@ static int write_experts(struct stream *s, const struct otensor *ot, struct ck_d
 			done_expert(blk, scl, e, src_rows * G);
 		} else if (flt) {
 			/* HF float experts are [E, IN, OUT]: transpose, taking every step-th column. */
-			for (uint64_t in = 0; in < cols; in++) {
-				CK_TRY(load_rows(c, flt, e * cols + in, 1, src_rows, s->tmp, d));
-				for (uint64_t r = 0; r < rows; r++)
-					s->f[r * cols + in] = s->tmp[r * step + off];
+			/* in tiles of 32 input rows, so the writes go 32 floats at a time */
+			for (uint64_t in0 = 0; in0 < cols; in0 += 32) {
+				uint64_t tn = cols - in0 < 32 ? cols - in0 : 32;
+				CK_TRY(load_rows(c, flt, e * cols + in0, tn, src_rows, s->tmp, d));
+				for (uint64_t r = 0; r < rows; r++) {
+					const float *src = s->tmp + r * step + off;
+					float *dst = s->f + r * cols + in0;
+					for (uint64_t k = 0; k < tn; k++)
+						dst[k] = src[k * src_rows];
+				}
 			}
+			if (!bnb_of(c, flt))	/* rows share pages: drop the expert's slab as a whole */
+				ck_model_done_range(flt->data + e * cols * src_rows * (ck_dtype_bits(flt->dtype) / 8),
+						    (size_t)(cols * src_rows * (ck_dtype_bits(flt->dtype) / 8)));
 		} else {
 			/* one Linear per expert, [OUT, IN]: read it whole, keep every step-th row */
 			const struct ck_tensor *t = L->pe[ot->role == R_DOWN_W ? 2 : 0][e];
@@ -1201,6 +1256,8 @@ int ck_togguf(const char *src, const char *dst, const struct ck_togguf_opts *o, 
 	uint64_t maxf = 1u << 20;
 	int rc;
 
+	c.threads = (int)sysconf(_SC_NPROCESSORS_ONLN);
+	c.threads = c.threads < 1 ? 1 : c.threads > 8 ? 8 : c.threads;
 	if (o->mxfp4_rule == CK_MXFP4_GGML)
 		c.rule = (struct ck_mx_rule){ CK_MX_SCALE_OCP, CK_MX_ROUND_GGML };
 	rc = ck_model_open(&c.m, src, d);
@@ -1263,8 +1320,11 @@ int ck_togguf(const char *src, const char *dst, const struct ck_togguf_opts *o, 
 		memcpy(gt.shape, ot[i].shape, sizeof(ot[i].shape));
 		if (per > maxf)
 			maxf = per;
+		/* a whole gate_up source expert, or a tile of 32 of its input rows */
 		if (ot[i].ndim == 3 && ot[i].shape[1] * 2 * ot[i].shape[2] > maxf)
 			maxf = ot[i].shape[1] * 2 * ot[i].shape[2];
+		if (ot[i].ndim == 3 && ot[i].shape[1] * 64 > maxf)
+			maxf = ot[i].shape[1] * 64;
 		rc = ck_ggw_tensor(w, &gt, d);
 	}
 	if (rc)
