@@ -23,7 +23,7 @@
 struct ml_opts {
 	double scale;
 	const char *dtype, *moe_layout;
-	int allow_tok, force, quiet;
+	int allow_tok, force, quiet, requant;
 	uint64_t shard_size;
 	int64_t jobs;
 };
@@ -165,12 +165,12 @@ static char *report_json(const struct ck_lora_plan *p, const char *base, const c
 	for (size_t i = 0; i < p->nitems; i++) {
 		const struct ck_lora_item *it = &p->items[i];
 		cJSON *t;
-		if (it->op == CK_LOP_NONE && !it->replace)
+		if ((it->op == CK_LOP_NONE && !it->replace) || it->pair)
 			continue;
 		t = cJSON_CreateObject();
 		cJSON_AddStringToObject(t, "name", it->out_name);
 		if (it->mx_scales)
-			cJSON_AddStringToObject(t, "from", "mxfp4");
+			cJSON_AddStringToObject(t, "from", it->requant ? "mxfp4, quantized back" : "mxfp4");
 		if (it->bnb)
 			cJSON_AddStringToObject(t, "from", "bitsandbytes");
 		cJSON_AddStringToObject(t, "op", it->op == CK_LOP_NONE ? "replace" : ck_lora_op_name(it->op));
@@ -230,6 +230,9 @@ int cmd_merge_lora(int argc, char **argv)
 		CK_OPT_CHOICE(0, "dtype", &o.dtype, "bf16|f16|f32", "write float tensors in this type [the base's]"),
 		CK_OPT_CHOICE(0, "moe-layout", &o.moe_layout, "standard|swapped",
 			      "orientation of expert LoRA when the adapter does not decide it"),
+		CK_OPT_FLAG(0, "requant-mxfp4", &o.requant,
+			    "write touched MXFP4 experts back as MXFP4 (default: BF16, config without "
+			    "quantization_config); untouched ones are copied"),
 		CK_OPT_FLAG(0, "allow-tokenizer-mismatch", &o.allow_tok,
 			    "merge even when the adapter's tokenizer differs from the base's"),
 		CK_OPT_SIZE(0, "shard-size", &o.shard_size, "SIZE", "largest output shard [5GB]"),
@@ -269,6 +272,7 @@ int cmd_merge_lora(int argc, char **argv)
 	if (!o.jobs)
 		o.jobs = ck_ncpus();
 	lo.scale = o.scale;
+	lo.requant_mxfp4 = o.requant;
 	lo.moe_layout = !o.moe_layout ? CK_MOE_AUTO : !strcmp(o.moe_layout, "standard") ? CK_MOE_STANDARD
 										      : CK_MOE_SWAPPED;
 	if ((rc = ck_model_open(&base, argv[0], &d)))
@@ -326,6 +330,8 @@ int cmd_merge_lora(int argc, char **argv)
 			printf("; %zu MXFP4 expert tensors dequantized to BF16", plan->nmxfp4);
 		if (plan->nbnb)
 			printf("; %zu bitsandbytes 4-bit weights dequantized", plan->nbnb);
+		if (plan->nrequant)
+			printf("; %zu MXFP4 expert tensors merged and quantized back", plan->nrequant);
 		if (plan->moe_layout != CK_MOE_AUTO)
 			printf("; experts: %s layout (decided by %s)", ck_moe_layout_name(plan->moe_layout),
 			       plan->moe_why);

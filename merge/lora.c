@@ -273,8 +273,8 @@ void ck_lora_plan_free(struct ck_lora_plan *p)
 		return;
 	for (size_t i = 0; i < p->nitems; i++) {
 		free(p->items[i].key);
-		if (p->items[i].mx_scales)
-			free((char *)p->items[i].out_name);
+		free(p->items[i].owned);
+		free(p->items[i].stash);
 		free(p->items[i].bnb);
 		free(p->items[i].pA);
 		free(p->items[i].pB);
@@ -421,7 +421,7 @@ static int find_mxfp4(struct planner *pl)
 			free(x);
 			return ck_fail(pl->d, CK_EINVAL, "'%s': tensor '%s': too many blocks", bp, b->name);
 		}
-		it->out_name = x;
+		it->out_name = it->owned = x;
 		it->mx_scales = s;
 		it->dtype = CK_DT_BF16;
 		it->ndim = 3;
@@ -947,6 +947,38 @@ static int decide_layout(struct planner *pl)
 	return 0;
 }
 
+/*
+ * --requant-mxfp4: a touched MXFP4 pair is written back as its two tensors
+ * (the blocks item computes both, the scales item writes what it kept); an
+ * untouched pair is copied byte for byte.
+ */
+static void requant_plan(struct ck_lora_plan *p)
+{
+	for (size_t i = 0; i < p->nitems; i++) {
+		struct ck_lora_item *it = &p->items[i], *sc = NULL;
+		if (!it->mx_scales)
+			continue;
+		for (size_t j = 0; j < p->nitems; j++)
+			if (p->items[j].base == it->mx_scales)
+				sc = &p->items[j];
+		sc->drop = false;
+		it->out_name = it->base->name;
+		if (it->op == CK_LOP_NONE) {
+			/* untouched: a plain copy of both tensors */
+			it->mx_scales = NULL;
+			it->ndim = it->base->ndim;
+			it->dtype = it->base->dtype;
+			memcpy(it->shape, it->base->shape, sizeof(it->shape));
+			p->nmxfp4--;
+			continue;
+		}
+		it->requant = true;
+		sc->pair = it;
+		p->nmxfp4--;
+		p->nrequant++;
+	}
+}
+
 int ck_lora_plan(struct ck_lora_plan **out, const struct ck_model *base, const struct ck_model *adapter,
 		 struct ck_lora_config *cfg, const struct ck_lora_opts *o, struct ck_diag *d)
 {
@@ -1004,6 +1036,8 @@ int ck_lora_plan(struct ck_lora_plan **out, const struct ck_model *base, const s
 			p->nadapted++;
 	}
 	p->nadapter_tensors = na;
+	if (!rc && o->requant_mxfp4)
+		requant_plan(p);
 out:
 	for (size_t i = 0; i < pl.nmods; i++)
 		free(pl.mods[i].path);

@@ -127,6 +127,10 @@ struct ck_lora_item {
 	const char *layout_why;			/* the evidence that decided it */
 	double max_delta;			/* max |W' - W|, filled by ck_lora_write */
 	const struct ck_tensor **pA, **pB;	/* PEREXPERT: lora_A/B of expert e, or NULL */
+	char *owned;				/* out_name when the plan allocated it */
+	bool requant;				/* MXFP4 pair written back as MXFP4 (blocks item) */
+	struct ck_lora_item *pair;		/* requant: on the scales item, its blocks item */
+	uint8_t *stash;				/* requant: the new scales, kept until their turn */
 };
 
 struct ck_lora_plan {
@@ -138,12 +142,14 @@ struct ck_lora_plan {
 	enum ck_moe_layout moe_layout;		/* the decision for expert params (AUTO if none) */
 	const char *moe_why;
 	size_t nmxfp4;				/* MXFP4 expert pairs dequantized to BF16 */
+	size_t nrequant;			/* MXFP4 expert pairs merged and quantized back */
 	size_t nbnb;				/* bitsandbytes 4-bit weights dequantized */
 };
 
 struct ck_lora_opts {
 	double scale;			/* user multiplier (1.0) */
 	enum ck_moe_layout moe_layout;	/* forced by --moe-layout, else AUTO */
+	bool requant_mxfp4;		/* touched MXFP4 experts go back to MXFP4; the rest is copied */
 };
 
 /*

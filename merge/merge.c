@@ -28,6 +28,7 @@ struct job {
 	float *A, *B, *Bt, *mag;
 	int jobs;
 	uint16_t *slice;		/* MXFP4: the current expert dequantized, [IN, OUT] BF16 */
+	uint8_t *qblocks;		/* requant: the expert's new blocks */
 	/* per block */
 	uint64_t r0, nrows;
 	float *w;			/* nrows x C: in: W; out: W' */
@@ -512,9 +513,17 @@ static int write_merged(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype
 		if (!j.slice)
 			goto nomem;
 	}
+	if (it->requant) {
+		it->stash = ck_malloc(it->mx_scales->nbytes);
+		if (!it->stash)
+			goto nomem;
+		out_sz = 2;	/* BF16, then quantized */
+	}
 	j.w = ck_mallocarray(block * j.C, sizeof(float));
 	obuf = ck_mallocarray(block * j.C, out_sz);
 	if (!j.w || !obuf)
+		goto nomem;
+	if (it->requant && !(j.qblocks = ck_mallocarray(block * j.C / 2 ? block * j.C / 2 : 1, 1)))
 		goto nomem;
 	for (uint64_t r0 = 0; r0 < j.R && !rc; r0 += block) {
 		uint64_t n = j.R - r0 < block ? j.R - r0 : block;
@@ -537,7 +546,20 @@ static int write_merged(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype
 		if (!rc && j.bad)
 			rc = ck_fail(d, CK_EINVAL, "merged tensor '%s': non-finite value (the adapter overflows "
 				     "the base dtype)", it->out_name);
-		if (!rc) {
+		if (!rc && it->requant) {
+			/* MXFP4 again, from the BF16 merged expert (as a BF16 checkpoint would be) */
+			uint64_t o = it->base->shape[1], g = it->base->shape[2], e = r0 / block;
+			struct ck_mx_where wh;
+			struct ck_mx_rule rule = CK_MX_RULE_DEFAULT;
+			ck_convert(CK_DT_F32, j.w, CK_DT_BF16, obuf, n * j.C);
+			rc = ck_mx_quant_slice(obuf, CK_DT_BF16, o, g * CK_MX_BLOCK, 1, rule, j.qblocks,
+					       it->stash + e * o * g, jobs, &wh);
+			if (rc)
+				rc = ck_fail(d, rc, "merged tensor '%s': expert %" PRIu64 ": cannot quantize "
+					     "to MXFP4 (non-finite value)", it->out_name, e);
+			else
+				rc = ck_stw_write(w, j.qblocks, o * g * CK_MX_BLOCK_BYTES, d);
+		} else if (!rc) {
 			ck_convert(CK_DT_F32, j.w, out_dt, obuf, n * j.C);
 			rc = ck_stw_write(w, obuf, n * j.C * out_sz, d);
 		}
@@ -555,6 +577,7 @@ out:
 	free(j.mag);
 	free(j.w);
 	free(j.slice);
+	free(j.qblocks);
 	free(obuf);
 	return rc;
 }
@@ -592,8 +615,26 @@ int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck
 	for (size_t i = 0; i < p->nitems; i++) {
 		const struct ck_lora_item *it = &p->items[i];
 		enum ck_dtype dt = it->dtype;
-		if (it->drop)
+		if (it->drop || it->pair)
 			continue;
+		if (it->requant) {
+			/* blocks, then its scales right after: they are made together */
+			const struct ck_tensor *b = it->base, *sc = it->mx_scales;
+			size_t k;
+			plan[n].name = b->name;
+			plan[n].dtype = b->dtype;
+			plan[n].ndim = b->ndim;
+			memcpy(plan[n].shape, b->shape, sizeof(b->shape));
+			plan[n++].user = i;
+			for (k = 0; k < p->nitems && p->items[k].base != sc; k++)
+				;
+			plan[n].name = sc->name;
+			plan[n].dtype = sc->dtype;
+			plan[n].ndim = sc->ndim;
+			memcpy(plan[n].shape, sc->shape, sizeof(sc->shape));
+			plan[n++].user = k;
+			continue;
+		}
 		plan[n].name = it->out_name;
 		plan[n].dtype = out_dtype != CK_DT_UNKNOWN && ck_dtype_is_float(dt) ? out_dtype : dt;
 		plan[n].ndim = it->ndim;
@@ -606,7 +647,12 @@ int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck
 		struct ck_lora_item *it = &p->items[pt->user];
 		const struct ck_tensor *t = it->base;
 
-		if (it->op != CK_LOP_NONE)
+		if (it->pair) {
+			if (!it->pair->stash)
+				rc = ck_fail(d, CK_EIO, "tensor '%s': written before its blocks", t->name);
+			else
+				rc = ck_stw_write(w, it->pair->stash, t->nbytes, d);
+		} else if (it->op != CK_LOP_NONE)
 			rc = write_merged(w, it, pt->dtype, jobs, grouped, d);
 		else if (it->mx_scales)
 			rc = write_mx_plain(w, it, pt->dtype, jobs, d);

@@ -327,3 +327,26 @@ def test_unsloth_per_expert_linear_lora(tmp_path):
     rep = json.loads((tmp_path / "o" / "merge-report.json").read_text())
     ops = {t["name"]: t["op"] for t in rep["tensors"]}
     assert ops["model.layers.0.mlp.experts.gate_up_proj"] == "per-expert"
+
+
+def test_requant_mxfp4(tmp_path):
+    """--requant-mxfp4: the touched expert pair is the BF16 merge quantized with
+    quant-mxfp4's rule (transformers'); untouched pairs and every other tensor
+    are the base's bytes; the config keeps its quantization_config."""
+    rq, bf, q = tmp_path / "rq", tmp_path / "bf", tmp_path / "q"
+    ad = LORA / "oss-experts-gateup"	# layer 0 gate_up_proj only
+    r = run("merge-lora", MXFP4_BASE, ad, rq, "--requant-mxfp4")
+    assert r.code == 0, r
+    assert run("merge-lora", MXFP4_BASE, ad, bf).code == 0
+    assert run("quant-mxfp4", bf, q).code == 0
+    got, base, want = raw_tensors(rq), raw_tensors(MXFP4_BASE), raw_tensors(q)
+    assert set(got) == set(base)
+    touched = {"model.layers.0.mlp.experts.gate_up_proj_blocks", "model.layers.0.mlp.experts.gate_up_proj_scales"}
+    for name in got:
+        assert got[name][:2] == base[name][:2], name
+        if name in touched:
+            assert got[name][2] == want[name][2], name
+            assert got[name][2] != base[name][2], name
+        else:
+            assert got[name][2] == base[name][2], name
+    assert (rq / "config.json").read_bytes() == (MXFP4_BASE / "config.json").read_bytes()
