@@ -107,6 +107,30 @@ def main():
 	p = BAD / "lora-bad-header" / "adapter_model.safetensors"
 	p.write_bytes(p.read_bytes()[:40])
 	case("lora-bad-header", 3, "adapter_model.safetensors")
+	# Expert LoRA on the tiny gpt-oss (E = 4, gate_up_proj [4, 64, 128], down_proj [4, 64, 64]).
+	OSS = "{BAD}/../fixtures/tiny-gpt-oss"
+	X = "base_model.model.model.layers.0.mlp.experts."
+	ecfg = config(target_modules=[], target_parameters=["mlp.experts.gate_up_proj"], r=2)
+	adapter("lora-experts-rank", cfg=ecfg, ts={X + "lora_A.weight": np.ones((7, 64), np.float32),
+	                                           X + "lora_B.weight": np.ones((128, 7), np.float32)})
+	case("lora-experts-rank", 3, "rank mismatch", base=OSS)
+	adapter("lora-experts-untargeted", cfg=config(target_modules=[], target_parameters=["mlp.experts.up_proj"], r=2),
+	        ts={X + "lora_A.weight": np.ones((8, 64), np.float32), X + "lora_B.weight": np.ones((128, 8), np.float32)})
+	case("lora-experts-untargeted", 3, "no targeted parameter", base=OSS)
+	adapter("lora-experts-shape", cfg=ecfg, ts={X + "lora_A.weight": np.ones((8, 32), np.float32),
+	                                            X + "lora_B.weight": np.ones((128, 8), np.float32)})
+	case("lora-experts-shape", 3, "either way", base=OSS)
+	adapter("lora-experts-dora", cfg=ecfg, ts={X + "lora_A.weight": np.ones((8, 64), np.float32),
+	                                           X + "lora_B.weight": np.ones((128, 8), np.float32),
+	                                           X + "lora_magnitude_vector": np.ones((128,), np.float32)})
+	case("lora-experts-dora", 3, "DoRA", base=OSS)
+	adapter("lora-perexpert-index", cfg=config(target_modules=["gate_up_projs.9"], r=2),
+	        ts={X + "gate_up_projs.9.lora_A.weight": np.ones((2, 64), np.float32),
+	            X + "gate_up_projs.9.lora_B.weight": np.ones((128, 2), np.float32)})
+	case("lora-perexpert-index", 3, "expert 9 of 4", base=OSS)
+	adapter("lora-down-ambiguous", cfg=config(target_modules=[], target_parameters=["mlp.experts.down_proj"], r=2),
+	        ts={X + "lora_A.weight": np.ones((8, 64), np.float32), X + "lora_B.weight": np.ones((64, 8), np.float32)})
+	case("lora-down-ambiguous", 2, "--moe-layout", base=OSS)
 	# A base whose index names a shard that is not there.
 	b = BAD / "lora-base-noshard"
 	shutil.rmtree(b, ignore_errors=True)

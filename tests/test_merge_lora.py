@@ -350,3 +350,24 @@ def test_requant_mxfp4(tmp_path):
         else:
             assert got[name][2] == base[name][2], name
     assert (rq / "config.json").read_bytes() == (MXFP4_BASE / "config.json").read_bytes()
+
+
+@pytest.mark.parametrize("at", [1, 3, 9])
+def test_write_failure_leaves_nothing(tmp_path, at):
+    """Disk full in the middle (fault injection): exit 4, one line, no output, no temporaries."""
+    out = tmp_path / "o"
+    r = run("merge-lora", MXFP4_BASE, LORA / "oss-experts", out, "--shard-size", "100KB",
+            env={"CKPT_FAULT_WRITE_AT": str(at)})
+    assert_one_line_error(r, 4)
+    assert not out.exists() and not leftovers(tmp_path)
+
+
+def test_many_shards(tmp_path):
+    """Small shards: the index names them all, transformers' way (bench/merge.sh
+    measures memory on the 20b shape)."""
+    out = tmp_path / "o"
+    r = run("merge-lora", BASES["oss"], LORA / "oss-experts", out, "--shard-size", "50KB")
+    assert r.code == 0, r
+    idx = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(idx["weight_map"].values())) > 4
+    assert set(idx["weight_map"]) == set(raw_tensors(out)) == set(raw_tensors(BASES["oss"]))
