@@ -8,6 +8,7 @@
  * difference, a warning with --strict, an --expect mismatch or a token id
  * without an embedding row, 2 usage, 3 unreadable or invalid input.
  */
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include "ckpt.h"
@@ -98,6 +99,10 @@ static int check_expect(const struct tc_opts *o, const struct ck_tok *t, FILE *f
 			if (!o->json)
 				fprintf(f, "expect    %s: %s: %s, expected %s [mismatch]\n", ck_tok_dir(t), name,
 					have ? have : "absent", hex);
+			else	/* a JSON fragment for the identity document */
+				fprintf(f, "%s{\"component\":\"%s\",\"expected\":\"%s\",\"actual\":%s%s%s}",
+					*mismatch ? "," : "", name, hex, have ? "\"" : "", have ? have : "null",
+					have ? "\"" : "");
 			*mismatch = 1;
 		}
 	}
@@ -140,7 +145,8 @@ static void print_role_text(FILE *f, const struct ck_tok *t)
 	}
 }
 
-static void print_identity_text(FILE *f, const struct ck_tok *t, const char *emb)
+static void print_identity_text(FILE *f, const struct ck_tok *t, const char *emb, int ncons,
+				const char *cons)
 {
 	bool legacy;
 	size_t nm = ck_tok_merge_count(t, &legacy), tl;
@@ -177,11 +183,17 @@ static void print_identity_text(FILE *f, const struct ck_tok *t, const char *emb
 		fputc('\n', f);
 	}
 	fprintf(f, "all       %s\n", ck_tok_hash_all(t));
+	if (ncons)
+		fprintf(f, "consistency %d disagreement%s between the files [warning]\n%s", ncons,
+			ncons > 1 ? "s" : "", cons);
+	else
+		fputs("consistency ok\n", f);
 	if (emb)
 		fprintf(f, "embedding %s\n", emb);
 }
 
-static void print_identity_json(FILE *f, const struct ck_tok *t, const char *emb, int emb_ok)
+static void print_identity_json(FILE *f, const struct ck_tok *t, const char *emb, int emb_ok,
+				const char *expect, const char *cons)
 {
 	bool legacy, shadowed;
 	size_t nm = ck_tok_merge_count(t, &legacy), tl;
@@ -251,7 +263,19 @@ static void print_identity_json(FILE *f, const struct ck_tok *t, const char *emb
 	} else {
 		fputs("null", f);
 	}
-	fputs("}\n", f);
+	fputs(",\"consistency\":[", f);
+	for (const char *p = cons; p && *p;) {
+		const char *nl = strchr(p, '\n');
+		size_t n = nl ? (size_t)(nl - p) : strlen(p);
+		char *line = ck_strndup(p, n);
+		if (line) {
+			fputs(p == cons ? "" : ",", f);
+			json_s(f, line + strspn(line, " "));
+			free(line);
+		}
+		p += n + (nl != NULL);
+	}
+	fprintf(f, "],\"expect_mismatch\":[%s]}\n", expect ? expect : "");
 }
 
 static int one(const struct tc_opts *o, const char *dir)
@@ -282,17 +306,38 @@ static int one(const struct tc_opts *o, const char *dir)
 				 rows ? what : "config.json vocab_size", ck_tok_size(t));
 		}
 	}
-	rc = check_expect(o, t, stdout, &mismatch);
+	char *ej = NULL;
+	size_t ejlen = 0;
+	FILE *ef = o->json ? open_memstream(&ej, &ejlen) : stdout;
+	if (!ef) {
+		ck_tok_free(t);
+		ck_fail(&d, CK_ENOMEM, "out of memory");
+		return ck_report("tokcheck", &d);
+	}
+	rc = check_expect(o, t, ef, &mismatch);
+	if (o->json)
+		fclose(ef);
 	if (rc) {
+		free(ej);
 		ck_tok_free(t);
 		return rc;
 	}
+	char *cons = NULL;
+	int ncons = ck_tok_consistency(t, &cons);
+	if (ncons < 0) {
+		free(ej);
+		ck_tok_free(t);
+		ck_fail(&d, CK_ENOMEM, "out of memory");
+		return ck_report("tokcheck", &d);
+	}
 	if (o->json)
-		print_identity_json(stdout, t, have_emb ? emb : NULL, emb_ok);
+		print_identity_json(stdout, t, have_emb ? emb : NULL, emb_ok, ej, cons);
 	else
-		print_identity_text(stdout, t, have_emb ? emb : NULL);
+		print_identity_text(stdout, t, have_emb ? emb : NULL, ncons, cons);
+	free(ej);
+	free(cons);
 	ck_tok_free(t);
-	return mismatch || !emb_ok ? CK_EXIT_DIFF : CK_EXIT_OK;
+	return mismatch || !emb_ok || (ncons && o->strict) ? CK_EXIT_DIFF : CK_EXIT_OK;
 }
 
 /* ==== two folders ==== */
@@ -353,7 +398,8 @@ int cmd_tokcheck(int argc, char **argv)
 	struct tc_opts o = { 0 };
 	const struct ck_option opts[] = {
 		CK_OPT_FLAG(0, "json", &o.json, "print one JSON document (with a severity per component)"),
-		CK_OPT_FLAG(0, "strict", &o.strict, "warning-level differences (roles, template, generation eos) exit 1"),
+		CK_OPT_FLAG(0, "strict", &o.strict, "warning-level differences (roles, template, generation eos; with "
+			    "one folder, files that disagree) exit 1"),
 		CK_OPT_FLAG(0, "diff", &o.diff, "show a unified diff of the chat templates when they differ"),
 		CK_OPT_FLAG('v', "verbose", &o.verbose, "show the specifics of cosmetic differences too"),
 		CK_OPT_STRINGS(0, "expect", &o.expect, "[COMP=]SHA256",

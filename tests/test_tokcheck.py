@@ -165,6 +165,7 @@ def test_real_file_digests_and_component_hashes(real):
     assert j["roles"]["pad"] == {"token": "<|endoftext|>", "id": 199999, "source": "tokenizer_config.json"}
     assert j["roles"]["eos"]["id"] == 200002 and j["roles"]["bos"]["id"] == 199998
     assert j["roles"]["unk"] is None
+    assert j["consistency"] == [] and j["expect_mismatch"] == []
 
 
 def test_text_output_prints_full_digests():
@@ -322,7 +323,13 @@ def test_expect_pins_components(tmp_path):
     assert "added: " + GOLD["added"] + ", expected " + GOLD["vocab"] + " [mismatch]" in r.out
     r = run("tokcheck", "--expect", "vocab=" + GOLD["vocab"], d)
     assert r.code == 1 and "vocab: absent, expected" in r.out, r
+    r = run("tokcheck", "--json", "--expect", "added=" + GOLD["vocab"], "--expect", "vocab=" + GOLD["vocab"], d)
+    assert r.code == 1, r
+    assert json.loads(r.out)["expect_mismatch"] == [
+        {"component": "added", "expected": GOLD["vocab"], "actual": GOLD["added"]},
+        {"component": "vocab", "expected": GOLD["vocab"], "actual": None}]
     all_hash = identity(d)["components"]["all"]
+    assert identity(d, "--expect", all_hash)["expect_mismatch"] == []
     assert run("tokcheck", "--expect", all_hash, d).code == 0
     assert run("tokcheck", "--expect", all_hash.upper(), d).code == 0
     assert_one_line_error(run("tokcheck", "--expect", "vocab=123", d), 2, "64 hex digits")
@@ -525,3 +532,43 @@ def test_huge_id_against_rows_is_quick(tmp_path):
     assert "embedding token id 4294967294 ('<|far|>') has no embedding row: 10 rows for 4294967295 token ids" \
         in r.out
     assert_one_line_error(run("tokcheck", d, tmp_path / "nope"), 3, "nope", "cannot open")
+
+
+def test_files_of_one_folder_must_agree(tmp_path):
+    """Unsloth's pad fix: tokenizer pad <|reserved_200017|>, config.json still pad_token_id = <|endoftext|>."""
+    tiny = FIXTURES / "tiny-gpt-oss"
+    d = tmp_path / "unsloth"
+    d.mkdir()
+    shutil.copy(tiny / "tokenizer.json", d / "tokenizer.json")
+    tj = json.loads((tiny / "tokenizer.json").read_text())
+    ids = {t["content"]: t["id"] for t in tj["added_tokens"]}
+    tc = json.loads((tiny / "tokenizer_config.json").read_text())
+    tc["pad_token"] = "<|reserved_200017|>"
+    cfg = json.loads((tiny / "config.json").read_text())
+    gen = json.loads((tiny / "generation_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps(tc, indent=2))
+    (d / "config.json").write_text(json.dumps(cfg))
+    (d / "generation_config.json").write_text(json.dumps(gen))
+    assert cfg["pad_token_id"] == gen["pad_token_id"] == ids["<|endoftext|>"]
+    assert ids["<|return|>"] in gen["eos_token_id"]
+    r = run("tokcheck", "--no-weights", d)
+    assert r.code == 0, r
+    pad = f"'<|reserved_200017|>'({ids['<|reserved_200017|>']})"
+    assert "consistency 2 disagreements between the files [warning]" in r.out
+    assert f"  config.json pad_token_id {cfg['pad_token_id']} does not name the tokenizer's pad {pad}" in r.out
+    assert f"  generation_config.json pad_token_id {gen['pad_token_id']} does not name the tokenizer's pad " \
+           f"{pad}" in r.out
+    assert run("tokcheck", "--strict", "--no-weights", d).code == 1
+    # tokenizer_config's added_tokens_decoder must match tokenizer.json's added_tokens.
+    tid = str(ids["<|endofprompt|>"])
+    tc["added_tokens_decoder"][tid]["content"] = "<|endofprompt2|>"
+    tc["added_tokens_decoder"]["999"] = dict(tc["added_tokens_decoder"][tid], content="<|extra|>")
+    tc["pad_token"] = "<|nosuch|>"
+    (d / "tokenizer_config.json").write_text(json.dumps(tc, indent=2))
+    j = identity(d, "--no-weights")
+    assert j["consistency"] == [
+        f"id {tid}: tokenizer.json '<|endofprompt|>' (special), tokenizer_config.json '<|endofprompt2|>' (special)",
+        "id 999 '<|extra|>': in tokenizer_config.json added_tokens_decoder, not in tokenizer.json added_tokens",
+        "pad token '<|nosuch|>' (tokenizer_config.json) is not a token of this tokenizer",
+    ]
+    assert identity(tiny)["consistency"] == []

@@ -780,6 +780,90 @@ int ck_tok_report_add_rows(struct ck_tok_report *r, uint64_t rows_a, uint64_t ro
 	return bd.oom ? CK_ENOMEM : ck_tok_report_verdict(r, flags);
 }
 
+/* ==== one folder's files against each other ==== */
+
+static void ids_vs_role(struct tok_sb *s, int *n, const char *file, const char *key,
+			const struct ck_tok_ids *x, const struct ck_tok_role_tok *r, const char *role)
+{
+	bool hit = false;
+
+	if (x->state != CK_TOK_IDS_SET || !r->token || r->id < 0)
+		return;
+	for (size_t i = 0; i < x->n; i++)
+		hit |= x->v[i] == r->id;
+	if (hit)
+		return;
+	tok_sb_printf(s, "  %s %s ", file, key);
+	put_ids(s, x);
+	tok_sb_printf(s, " does not %s the tokenizer's %s ", x->n == 1 ? "name" : "hold", role);
+	put_role(s, r);
+	tok_sb_putc(s, '\n');
+	(*n)++;
+}
+
+int ck_tok_consistency(const struct ck_tok *t, char **text)
+{
+	struct tok_sb s = TOK_SB_INIT;
+	int n = 0;
+
+	*text = NULL;
+	if (t->have_cfg_added) {
+		size_t i = 0, j = 0;
+		while (i < t->nadded || j < t->ncfg_added) {
+			const struct ck_tok_added *p = i < t->nadded ? &t->added[i] : NULL;
+			const struct ck_tok_added *q = j < t->ncfg_added ? &t->cfg_added[j] : NULL;
+			if (p && q && p->id == q->id) {
+				if (p->len != q->len || memcmp(p->content, q->content, p->len) ||
+				    (p->flags & CK_TOK_SPECIAL) != (q->flags & CK_TOK_SPECIAL)) {
+					tok_sb_printf(&s, "  id %" PRIu32 ": tokenizer.json ", p->id);
+					put_tok(&s, p->content, p->len);
+					tok_sb_puts(&s, p->flags & CK_TOK_SPECIAL ? " (special)" : "");
+					tok_sb_puts(&s, ", tokenizer_config.json ");
+					put_tok(&s, q->content, q->len);
+					tok_sb_puts(&s, q->flags & CK_TOK_SPECIAL ? " (special)\n" : "\n");
+					n++;
+				}
+				i++, j++;
+			} else if (p && (!q || p->id < q->id)) {
+				i++;	/* transformers does not need every added token in the config */
+			} else {
+				tok_sb_printf(&s, "  id %" PRIu32 " ", q->id);
+				put_tok(&s, q->content, q->len);
+				tok_sb_puts(&s, ": in tokenizer_config.json added_tokens_decoder, not in "
+					    "tokenizer.json added_tokens\n");
+				n++;
+				j++;
+			}
+		}
+	}
+	for (int r = 0; r < CK_TOK_NROLES; r++) {
+		const struct ck_tok_role_tok *x = &t->role[r];
+		if (!x->token || x->id >= 0 || (!t->have_json && !t->have_added))
+			continue;
+		tok_sb_printf(&s, "  %s token ", ck_tok_role_name((enum ck_tok_role)r));
+		put_tok(&s, x->token, strlen(x->token));
+		tok_sb_printf(&s, " (%s) is not a token of this tokenizer\n", x->source);
+		n++;
+	}
+	static const struct { enum ck_tok_idkey k; enum ck_tok_role r; } pairs[] = {
+		{ CK_TOK_BOS_ID, CK_TOK_BOS }, { CK_TOK_EOS_ID, CK_TOK_EOS }, { CK_TOK_PAD_ID, CK_TOK_PAD },
+	};
+	for (size_t i = 0; i < CK_ARRAY_SIZE(pairs); i++) {
+		const char *role = ck_tok_role_name(pairs[i].r);
+		ids_vs_role(&s, &n, "config.json", idkeys[pairs[i].k], &t->cfg_ids[pairs[i].k],
+			    &t->role[pairs[i].r], role);
+		ids_vs_role(&s, &n, "generation_config.json", idkeys[pairs[i].k], &t->gen_ids[pairs[i].k],
+			    &t->role[pairs[i].r], role);
+	}
+	if (s.oom) {
+		tok_sb_release(&s);
+		return CK_ENOMEM;
+	}
+	*text = n ? tok_sb_detach(&s) : NULL;
+	tok_sb_release(&s);
+	return n;
+}
+
 /* ==== printing ==== */
 
 void ck_tok_report_print(FILE *f, const struct ck_tok_report *r, bool verbose, bool diff)

@@ -265,6 +265,8 @@ static void fix_pointers(struct ck_tok *t)
 	}
 	for (size_t i = 0; i < t->nadded; i++)
 		t->added[i].content = t->arena + (uintptr_t)t->added[i].content;
+	for (size_t i = 0; i < t->ncfg_added; i++)
+		t->cfg_added[i].content = t->arena + (uintptr_t)t->cfg_added[i].content;
 }
 
 static int add_str(struct ck_tok *t, const char *s, const char **slot, uint32_t *lenp)
@@ -407,14 +409,13 @@ static int added_entry(struct ck_tok *t, const char *path, const char *where, co
 	return 0;
 }
 
-static int finish_added(struct ck_tok *t, const char *path, const char *where, struct ck_diag *d)
+static int finish_added(struct ck_tok_added *a, size_t n, const char *path, const char *where,
+			struct ck_diag *d)
 {
-	qsort(t->added, t->nadded, sizeof(*t->added), cmp_added_id);
-	for (size_t i = 1; i < t->nadded; i++)
-		if (t->added[i].id == t->added[i - 1].id)
-			return ck_fail(d, CK_EINVAL, "'%s': %s: id %" PRIu32 " appears twice", path, where,
-				       t->added[i].id);
-	t->have_added = true;
+	qsort(a, n, sizeof(*a), cmp_added_id);
+	for (size_t i = 1; i < n; i++)
+		if (a[i].id == a[i - 1].id)
+			return ck_fail(d, CK_EINVAL, "'%s': %s: id %" PRIu32 " appears twice", path, where, a[i].id);
 	return 0;
 }
 
@@ -443,7 +444,8 @@ static int load_added_json(struct ck_tok *t, const char *path, const cJSON *root
 		i++;
 	}
 	t->nadded = n;
-	return finish_added(t, path, "added_tokens", d);
+	t->have_added = true;
+	return finish_added(t->added, n, path, "added_tokens", d);
 }
 
 /* Canonical JSON (tokenizer.h) of a value, appended to b. */
@@ -709,8 +711,12 @@ static int load_roles_from(struct ck_tok *t, const char *path, const cJSON *root
 	return 0;
 }
 
-/* added_tokens_decoder {"199998": {...}}: used when tokenizer.json is absent. */
-static int load_added_decoder(struct ck_tok *t, const char *path, const cJSON *v, struct ck_diag *d)
+/*
+ * added_tokens_decoder {"199998": {...}}: the added tokens when tokenizer.json
+ * is absent, else kept apart to check that the two files agree.
+ */
+static int load_added_decoder(struct ck_tok *t, const char *path, const cJSON *v,
+			      struct ck_tok_added **out, size_t *nout, struct ck_diag *d)
 {
 	const cJSON *e;
 	size_t n = 0, i = 0;
@@ -719,8 +725,8 @@ static int load_added_decoder(struct ck_tok *t, const char *path, const cJSON *v
 		return ck_fail(d, CK_EINVAL, "'%s': added_tokens_decoder: not an object", path);
 	cJSON_ArrayForEach(e, v)
 		n++;
-	t->added = ck_calloc(n, sizeof(*t->added));
-	if (!t->added)
+	*out = ck_calloc(n, sizeof(**out));
+	if (!*out)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
 	cJSON_ArrayForEach(e, v) {
 		char *end;
@@ -732,11 +738,11 @@ static int load_added_decoder(struct ck_tok *t, const char *path, const cJSON *v
 			return ck_fail(d, CK_EINVAL, "'%s': added_tokens_decoder: key '%s' is not an id", path,
 				       ck_escape(k, strlen(k), esc, sizeof(esc)));
 		}
-		CK_TRY(added_entry(t, path, "added_tokens_decoder", e, (uint32_t)id, &t->added[i], d));
+		CK_TRY(added_entry(t, path, "added_tokens_decoder", e, (uint32_t)id, &(*out)[i], d));
 		i++;
+		*nout = i;
 	}
-	t->nadded = n;
-	return finish_added(t, path, "added_tokens_decoder", d);
+	return finish_added(*out, n, path, "added_tokens_decoder", d);
 }
 
 static int load_tokenizer_config(struct ck_tok *t, const char *path, cJSON *root, struct ck_diag *d)
@@ -747,8 +753,17 @@ static int load_tokenizer_config(struct ck_tok *t, const char *path, cJSON *root
 	int rc;
 
 	rc = load_roles_from(t, path, root, "tokenizer_config.json", d);
-	if (!rc && !t->have_json && get(root, "added_tokens_decoder"))
-		rc = load_added_decoder(t, path, get(root, "added_tokens_decoder"), d);
+	if (!rc && get(root, "added_tokens_decoder")) {
+		if (t->have_json) {
+			rc = load_added_decoder(t, path, get(root, "added_tokens_decoder"), &t->cfg_added,
+						&t->ncfg_added, d);
+			t->have_cfg_added = true;
+		} else {
+			rc = load_added_decoder(t, path, get(root, "added_tokens_decoder"), &t->added,
+						&t->nadded, d);
+			t->have_added = true;
+		}
+	}
 	if (rc)
 		goto out;
 	ct = get(root, "chat_template");
@@ -1103,6 +1118,7 @@ void ck_tok_free(struct ck_tok *t)
 	free(t->vocab);
 	free(t->merges);
 	free(t->added);
+	free(t->cfg_added);
 	free(t->pipeline);
 	for (int i = 0; i < TOK_NPARTS; i++)
 		free(t->pipe_part[i]);

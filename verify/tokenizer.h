@@ -269,6 +269,18 @@ int ck_tok_check_rows(const struct ck_tok *t, uint64_t rows, struct ck_diag *d);
 int ck_tok_check_adapter_rows(uint64_t base_rows, uint64_t adapter_rows,
 			      const struct ck_tok *adapter_tok, struct ck_diag *d);
 
+/*
+ * Check that the files of one folder agree with each other: tokenizer_config's
+ * added_tokens_decoder with tokenizer.json's added_tokens (same content and
+ * special flag per id, nothing extra); each role token is a token of the
+ * tokenizer; config.json and generation_config.json bos/eos/pad_token_id name
+ * the role tokens' ids (the eos id among a list).  Unsloth's pad fix leaves
+ * pad_token_id 199999 in config.json beside pad <|reserved_200017|>: that is
+ * one disagreement.  Returns the number found, with *text (the caller frees
+ * it; NULL when none) holding one indented line each; CK_ENOMEM on failure.
+ */
+int ck_tok_consistency(const struct ck_tok *t, char **text);
+
 /* ==== comparison ==== */
 
 enum ck_tok_sev {

@@ -58,6 +58,9 @@ struct ck_tok {
 	struct ck_tok_added *added;
 	size_t nadded;
 	bool have_json, have_added;
+	struct ck_tok_added *cfg_added;	/* tokenizer_config's added_tokens_decoder, when */
+	size_t ncfg_added;		/* tokenizer.json is there too (for ck_tok_consistency) */
+	bool have_cfg_added;
 	char *pipeline;			/* canonical JSON */
 	char *pipe_part[TOK_NPARTS];	/* canonical JSON of each part */
 
