@@ -616,3 +616,20 @@ def test_q8_0_matches_ggml_org_mxfp4_recipe_and_ls_shows_all(tmp_path):
     assert [l.split("\t")[0] for l in ls.out.splitlines()] == names
     meta = run("ls", "--meta", out)
     assert meta.code == 0 and "gpt-oss.expert_feed_forward_length" in meta.out and "tokenizer.ggml.pre" in meta.out
+
+
+@needs_tiny
+def test_transformers_v4_rope_scaling_form_gives_the_same_gguf(tmp_path):
+    """config.json in the transformers 4 form (top-level rope_theta + rope_scaling, as OpenAI
+    ships it) and the 5 form (rope_parameters) give byte-identical GGUFs."""
+    d = tmp_path / "v4"
+    shutil.copytree(TINY, d)
+    cfg = json.loads((d / "config.json").read_text())
+    rope = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = rope.pop("rope_theta")
+    cfg["rope_scaling"] = rope
+    (d / "config.json").write_text(json.dumps(cfg))
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    convert(TINY, a)
+    convert(d, b)
+    assert a.read_bytes() == b.read_bytes()
