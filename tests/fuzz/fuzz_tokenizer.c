@@ -86,8 +86,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	write_file(fz, names[data[0] % CK_ARRAY_SIZE(names)], data + 1, size - 1);
 	if (ck_tok_load(&t, fz, CK_TOK_ALLOW_EMPTY, &d) == 0) {
+		char *cons = NULL;
 		walk(t);
 		ck_tok_check_rows(t, 3, &d);
+		if (ck_tok_consistency(t, &cons) > 0)
+			sink += strlen(cons);
+		free(cons);
 		ck_tok_free(t);
 	}
 	if (ck_tok_compare(ref, fz, CK_TOK_ALLOW_EMPTY, &r, &d) >= CK_EDIFF && r) {
