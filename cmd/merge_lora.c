@@ -165,7 +165,7 @@ static char *report_json(const struct ck_lora_plan *p, const char *base, const c
 	for (size_t i = 0; i < p->nitems; i++) {
 		const struct ck_lora_item *it = &p->items[i];
 		cJSON *t;
-		if ((it->op == CK_LOP_NONE && !it->replace) || it->pair)
+		if ((it->op == CK_LOP_NONE && !it->replace && !it->tt) || it->pair)
 			continue;
 		t = cJSON_CreateObject();
 		cJSON_AddStringToObject(t, "name", it->out_name);
@@ -173,7 +173,12 @@ static char *report_json(const struct ck_lora_plan *p, const char *base, const c
 			cJSON_AddStringToObject(t, "from", it->requant ? "mxfp4, quantized back" : "mxfp4");
 		if (it->bnb)
 			cJSON_AddStringToObject(t, "from", "bitsandbytes");
-		cJSON_AddStringToObject(t, "op", it->op == CK_LOP_NONE ? "replace" : ck_lora_op_name(it->op));
+		cJSON_AddStringToObject(t, "op", it->op != CK_LOP_NONE ? ck_lora_op_name(it->op) :
+						  it->tt ? "trainable-tokens" : "replace");
+		if (it->tt) {
+			cJSON_AddNumberToObject(t, "token_rows", (double)it->tt->shape[0]);
+			cJSON_AddNumberToObject(t, "max_abs_delta", it->max_delta);
+		}
 		cJSON_AddBoolToObject(t, "replaced", it->replace != NULL);
 		if (it->op != CK_LOP_NONE) {
 			cJSON_AddStringToObject(t, "module", it->key);
@@ -322,7 +327,7 @@ int cmd_merge_lora(int argc, char **argv)
 	if (!o.quiet) {
 		size_t nmerged = 0, nout = 0;
 		for (size_t i = 0; i < plan->nitems; i++) {
-			nmerged += plan->items[i].op != CK_LOP_NONE || plan->items[i].replace;
+			nmerged += plan->items[i].op != CK_LOP_NONE || plan->items[i].replace || plan->items[i].tt;
 			nout += !plan->items[i].drop;
 		}
 		printf("merged %zu adapter tensors into %zu of %zu tensors", plan->nadapter_tensors, nmerged, nout);

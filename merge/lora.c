@@ -22,6 +22,11 @@ void ck_lora_config_release(struct ck_lora_config *c)
 		free(c->alpha_pat[i].key);
 	for (size_t i = 0; i < c->ntarget_params; i++)
 		free(c->target_params[i]);
+	for (size_t i = 0; i < c->ntokens; i++) {
+		free(c->tokens[i].module);
+		free(c->tokens[i].ids);
+	}
+	free(c->tokens);
 	free(c->rank_pat);
 	free(c->alpha_pat);
 	free(c->target_params);
@@ -95,8 +100,58 @@ static const char *const mutating_inits[] = { "pissa", "olora", "corda", "lora_g
 /* Config keys of LoRA variants whose merge we do not do (v1). */
 static const char *const variants[] = {
 	"alora_invocation_tokens", "use_qalora", "use_bdlora", "arrow_config", "kasa_config",
-	"velora_config", "monteclora_config", "layer_replication", "trainable_token_indices",
+	"velora_config", "monteclora_config", "layer_replication",
 };
+
+static int get_ids(const cJSON *v, struct ck_lora_tokens *t, const char *path, struct ck_diag *d)
+{
+	const cJSON *e;
+	size_t k = 0;
+
+	if (!cJSON_IsArray(v))
+		return ck_fail(d, CK_EINVAL, "'%s': \"trainable_token_indices\" must list token ids", path);
+	t->ids = ck_calloc((size_t)cJSON_GetArraySize(v), sizeof(int64_t));
+	if (!t->ids)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	cJSON_ArrayForEach(e, v) {
+		if (!cJSON_IsNumber(e) || e->valuedouble < 0 || e->valuedouble > 1e15 ||
+		    e->valuedouble != (double)(int64_t)e->valuedouble)
+			return ck_fail(d, CK_EINVAL, "'%s': \"trainable_token_indices\": not a token id", path);
+		for (size_t i = 0; i < k; i++)
+			if (t->ids[i] == (int64_t)e->valuedouble)
+				return ck_fail(d, CK_EINVAL, "'%s': \"trainable_token_indices\": id %" PRId64
+					       " twice", path, t->ids[i]);
+		t->ids[k++] = (int64_t)e->valuedouble;
+		t->n = k;
+	}
+	return 0;
+}
+
+static int get_tokens(const cJSON *root, struct ck_lora_config *c, const char *path, struct ck_diag *d)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "trainable_token_indices"), *e;
+
+	if (!v || cJSON_IsNull(v))
+		return 0;
+	c->tokens = ck_calloc(cJSON_IsObject(v) ? (size_t)cJSON_GetArraySize(v) : 1, sizeof(*c->tokens));
+	if (!c->tokens)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	if (cJSON_IsArray(v)) {
+		c->ntokens = 1;
+		if (!(c->tokens[0].module = ck_strdup("embed_tokens")))
+			return ck_fail(d, CK_ENOMEM, "out of memory");
+		return get_ids(v, &c->tokens[0], path, d);
+	}
+	if (!cJSON_IsObject(v))
+		return ck_fail(d, CK_EINVAL, "'%s': \"trainable_token_indices\" must be a list or an object", path);
+	cJSON_ArrayForEach(e, v) {
+		struct ck_lora_tokens *t = &c->tokens[c->ntokens++];
+		if (!(t->module = ck_strdup(e->string)))
+			return ck_fail(d, CK_ENOMEM, "out of memory");
+		CK_TRY(get_ids(e, t, path, d));
+	}
+	return 0;
+}
 
 int ck_lora_config_parse(struct ck_lora_config *c, const char *json, size_t len, const char *path,
 			 struct ck_diag *d)
@@ -145,7 +200,8 @@ int ck_lora_config_parse(struct ck_lora_config *c, const char *json, size_t len,
 	    (rc = get_bool(root, "lora_bias", &c->lora_bias, path, d)) ||
 	    (rc = get_bool(root, "fan_in_fan_out", &c->fan_in_fan_out, path, d)) ||
 	    (rc = get_patterns(root, "rank_pattern", &c->rank_pat, &c->nrank_pat, path, d)) ||
-	    (rc = get_patterns(root, "alpha_pattern", &c->alpha_pat, &c->nalpha_pat, path, d)))
+	    (rc = get_patterns(root, "alpha_pattern", &c->alpha_pat, &c->nalpha_pat, path, d)) ||
+	    (rc = get_tokens(root, c, path, d)))
 		goto out;
 	v = cJSON_GetObjectItemCaseSensitive(root, "target_parameters");
 	if (v && !cJSON_IsNull(v)) {
@@ -478,6 +534,47 @@ static int find_mod(struct planner *pl, const char *path, size_t len, struct amo
 	return 0;
 }
 
+/*
+ * trainable_tokens_delta of module m: rows ids[i] of m.weight become row i
+ * (PEFT index_copy, the delta cast to the weight's dtype).  The ids come
+ * from trainable_token_indices (a list means embed_tokens).
+ */
+static int map_tokens(struct planner *pl, const struct ck_tensor *t, const char *m, size_t mlen)
+{
+	const struct ck_lora_config *c = &pl->p->cfg;
+	const char *ap = ck_model_path(pl->adapter);
+	const struct ck_lora_tokens *tk = NULL;
+	struct ck_lora_item *it;
+	char name[1024];
+
+	if (mlen + 8 >= sizeof(name))
+		return ck_fail(pl->d, CK_EINVAL, "'%s': module path too long", ap);
+	for (size_t i = 0; i < c->ntokens && !tk; i++) {
+		size_t kl = strlen(c->tokens[i].module);
+		if ((mlen == kl || (mlen > kl && m[mlen - kl - 1] == '.')) && !memcmp(m + mlen - kl,
+										    c->tokens[i].module, kl))
+			tk = &c->tokens[i];
+	}
+	if (!tk)
+		return ck_fail(pl->d, CK_EINVAL, "'%s': tensor '%s': trainable_token_indices names no ids "
+			       "for '%.*s'", ap, t->name, (int)mlen, m);
+	snprintf(name, sizeof(name), "%.*s.weight", (int)mlen, m);
+	it = item_of(pl, name);
+	if (!it)
+		return ck_fail(pl->d, CK_EINVAL, "'%s': module '%.*s': the base has no tensor '%s' for it", ap,
+			       (int)mlen, m, name);
+	if (it->ndim != 2 || t->ndim != 2 || t->shape[0] != tk->n || t->shape[1] != it->shape[1] || it->tt)
+		return ck_fail(pl->d, CK_EINVAL, "'%s': tensor '%s': does not fit %zu token rows of '%s'", ap,
+			       t->name, tk->n, name);
+	for (size_t i = 0; i < tk->n; i++)
+		if ((uint64_t)tk->ids[i] >= it->shape[0])
+			return ck_fail(pl->d, CK_EINVAL, "'%s': trainable token id %" PRId64 " is past the %" PRIu64
+				       " rows of '%s'", ap, tk->ids[i], it->shape[0], name);
+	it->tt = t;
+	it->tt_ids = tk->ids;
+	return 0;
+}
+
 /* Pass 1: group the LoRA tensors by module; full tensors become replacements. */
 static int collect(struct planner *pl)
 {
@@ -511,6 +608,11 @@ static int collect(struct planner *pl)
 			}
 		if (kind >= 0)
 			continue;
+		if (ends_with(name, l, ".token_adapter.trainable_tokens_delta")) {
+			CK_TRY(map_tokens(pl, t, name, l - strlen(".token_adapter.trainable_tokens_delta")));
+			pl->used[i] = true;
+			continue;
+		}
 		if (strstr(name, "lora_") || strstr(name, "trainable_tokens")) {
 			return ck_fail(pl->d, CK_EUNSUPPORTED, "'%s': tensor '%s': unknown adapter tensor kind",
 				       ck_model_path(ad), esc_name(t->name, e, sizeof(e)));
@@ -1032,7 +1134,10 @@ int ck_lora_plan(struct ck_lora_plan **out, const struct ck_model *base, const s
 			rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': dtype %s cannot take a LoRA delta "
 				     "(F32, F16 or BF16 bases only)", ck_model_path(base), it->base->name,
 				     ck_dtype_name(it->dtype));
-		if (it->op != CK_LOP_NONE || it->replace)
+		if (it->tt && it->op != CK_LOP_NONE)
+			rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': '%s' has both LoRA and trainable tokens",
+				     ck_model_path(adapter), it->base->name);
+		if (it->op != CK_LOP_NONE || it->replace || it->tt)
 			p->nadapted++;
 	}
 	p->nadapter_tensors = na;

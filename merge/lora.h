@@ -58,6 +58,13 @@ struct ck_lora_config {
 	int peft_ver[3];		/* major, minor, patch; -1 when absent */
 	enum ck_lora_blayout b_layout;	/* Unsloth's lora_B_layout marker */
 	bool b_layout_given;
+	/* trainable_token_indices: a list (for embed_tokens), or per module name */
+	struct ck_lora_tokens {
+		char *module;		/* "embed_tokens", or the dict key */
+		int64_t *ids;
+		size_t n;
+	} *tokens;
+	size_t ntokens;
 };
 
 /*
@@ -131,6 +138,8 @@ struct ck_lora_item {
 	bool requant;				/* MXFP4 pair written back as MXFP4 (blocks item) */
 	struct ck_lora_item *pair;		/* requant: on the scales item, its blocks item */
 	uint8_t *stash;				/* requant: the new scales, kept until their turn */
+	const struct ck_tensor *tt;		/* trainable_tokens_delta: rows tt_ids[i] := tt[i] */
+	const int64_t *tt_ids;
 };
 
 struct ck_lora_plan {

@@ -382,6 +382,38 @@ static int write_bnb_plain(struct ck_stw *w, const struct ck_lora_item *it, enum
 	return rc;
 }
 
+/* Trainable tokens: the rows of the weight (or its replacement), some rows taken from the delta. */
+static int write_tokens(struct ck_stw *w, struct ck_lora_item *it, enum ck_dtype to, struct ck_diag *d)
+{
+	const struct ck_tensor *src = it->replace ? it->replace : it->base;
+	uint64_t C = it->shape[1], R = it->shape[0], n = it->tt->shape[0];
+	size_t in_sz = ck_dtype_bits(src->dtype) / 8, sz = ck_dtype_bits(to) / 8;
+	float *row = ck_mallocarray(C, sizeof(float));
+	void *buf = ck_mallocarray(C, sz);
+	int rc = 0;
+
+	if (!row || !buf)
+		rc = ck_fail(d, CK_ENOMEM, "out of memory");
+	for (uint64_t i = 0; i < R && !rc; i++) {
+		ck_convert(src->dtype, src->data + i * C * in_sz, CK_DT_F32, row, C);
+		for (uint64_t k = 0; k < n; k++)
+			if ((uint64_t)it->tt_ids[k] == i) {
+				/* last one wins, as index_copy; the config refuses repeats anyway */
+				for (uint64_t c = 0; c < C; c++) {
+					float v = through(it->dtype, ck_load_float(it->tt->dtype, it->tt->data, k * C + c));
+					if (fabsf(v - row[c]) > it->max_delta)
+						it->max_delta = fabsf(v - row[c]);
+					row[c] = v;
+				}
+			}
+		ck_convert(CK_DT_F32, row, to, buf, C);
+		rc = ck_stw_write(w, buf, C * sz, d);
+	}
+	free(row);
+	free(buf);
+	return rc;
+}
+
 /* An untouched MXFP4 pair: dequantize expert by expert into the output dtype. */
 static int write_mx_plain(struct ck_stw *w, const struct ck_lora_item *it, enum ck_dtype to, int jobs,
 			  struct ck_diag *d)
@@ -654,6 +686,8 @@ int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck
 				rc = ck_stw_write(w, it->pair->stash, t->nbytes, d);
 		} else if (it->op != CK_LOP_NONE)
 			rc = write_merged(w, it, pt->dtype, jobs, grouped, d);
+		else if (it->tt)
+			rc = write_tokens(w, it, pt->dtype, d);
 		else if (it->mx_scales)
 			rc = write_mx_plain(w, it, pt->dtype, jobs, d);
 		else if (it->bnb && !it->replace)

@@ -58,6 +58,8 @@ CASES = {
 	                                 target_parameters=["mlp.experts.down_proj"]), None),
 	"oss-tok-pad": ("oss", dict(r=4, lora_alpha=8, target_modules=["q_proj"]), "pad"),
 	"oss-tok-vocab": ("oss", dict(r=4, lora_alpha=8, target_modules=["q_proj"]), "vocab"),
+	"llama-tokens": ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj"],
+	                               trainable_token_indices=[3, 5, 360]), None),
 }
 
 # On an MXFP4 base: the expert LoRA PEFT drops (with only a warning) when the
@@ -145,6 +147,8 @@ def randomize(model, gen):
 				p.copy_(0.3 * torch.randn(p.shape, generator=gen))
 			elif "lora_magnitude_vector" in name:
 				p.mul_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
+			elif "trainable_tokens_delta" in name:
+				p.add_(0.5 * torch.randn(p.shape, generator=gen))
 			elif "modules_to_save" in name:
 				p.add_((0.05 * torch.randn(p.shape, generator=gen)).to(p.dtype))
 

@@ -27,6 +27,7 @@ CASES = {
     "llama-dora": [],
     "llama-mts": [],
     "llama-embed": [],
+    "llama-tokens": [],
     "oss-attn": [],
     "oss-attn-bias": [],
     "oss-experts": [],

@@ -59,6 +59,9 @@ static void refusals_say_why(void)
 		{ "{\"peft_type\":\"LORA\",\"rank_pattern\":{\"q\":\"4\"}}", "rank_pattern", CK_EINVAL },
 		{ "{\"peft_type\":\"LORA\",\"lora_B_layout\":\"odd\"}", "lora_B_layout", CK_EUNSUPPORTED },
 		{ "{\"peft_type\":\"LORA\",\"target_parameters\":[3]}", "target_parameters", CK_EINVAL },
+		{ "{\"peft_type\":\"LORA\",\"trainable_token_indices\":[1,1]}", "twice", CK_EINVAL },
+		{ "{\"peft_type\":\"LORA\",\"trainable_token_indices\":[-1]}", "token id", CK_EINVAL },
+		{ "{\"peft_type\":\"LORA\",\"trainable_token_indices\":3}", "list or an object", CK_EINVAL },
 	};
 	for (size_t i = 0; i < CK_ARRAY_SIZE(bad); i++) {
 		struct ck_lora_config c;
