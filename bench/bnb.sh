@@ -86,6 +86,13 @@ if mkdir "$SHM" 2>/dev/null; then
 	rm -rf "$SHM"
 fi
 
+# the kernels alone, in memory, 1 GiB of BF16 (bench/bnb-kernels.c against build/libckpt.a)
+LIB=$(dirname "$CKPT")/libckpt.a
+if ${CC:-cc} -std=c11 -D_GNU_SOURCE -O2 -ffp-contract=off -pthread -o "$OUT/bnb-kernels" \
+	"$ROOT/bench/bnb-kernels.c" "$LIB" -lcjson -lzstd -lcrypto -lm 2>/dev/null; then
+	"$OUT/bnb-kernels" "$(nproc)" | tee -a "$OUT/results.tsv"
+fi
+
 if [ -x "$FIXTURE_VENV/bin/python" ] && "$FIXTURE_VENV/bin/python" -c "import bitsandbytes" 2>/dev/null; then
 	for th in 1 $(nproc); do
 		"$FIXTURE_VENV/bin/python" "$ROOT/bench/bnb-ref.py" "$SRC" "$th" 2>/dev/null | tee -a "$OUT/results.tsv"

@@ -239,6 +239,10 @@ static int plan(struct qb_run *r, struct ck_diag *d)
 		if (ck_bnb_is_weight(r->m, t->name) || ck_bnb_is_aux(t->name))
 			return ck_fail(d, CK_EINVAL, "'%s': tensor '%s' is already bitsandbytes-quantized",
 				       ck_model_path(r->m), t->name);
+		if (per_expert && strstr(t->name, "mlp.experts.") &&
+		    (ends_with(t->name, "_blocks") || ends_with(t->name, "_scales")))
+			return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': MXFP4 experts cannot be split "
+				       "per expert (ckpt dequant-mxfp4 first)", ck_model_path(r->m), t->name);
 		if (per_expert && is_fused_expert(t)) {
 			if (!ck_dtype_is_float(t->dtype))
 				return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s': %s experts cannot be "
