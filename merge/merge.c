@@ -55,6 +55,8 @@ static float through(enum ck_dtype dt, float x)
 }
 
 #define GROUP 4	/* rows that share the factor rows v[k] and go through the kernel together */
+#define RCHUNK 64	/* rows whose groups share one pass over a column tile */
+#define CTILE 256	/* columns per tile: r x 1 KB of factor rows stay in cache */
 #define LANES 8
 
 /*
@@ -75,11 +77,12 @@ static float through(enum ck_dtype dt, float x)
 #define HAVE_FMA_KERNEL 1
 
 __attribute__((target("avx2,fma")))
-static void kernel_avx2(int nr, uint64_t r, const float *u, const float *const *v, uint64_t C, float *acc)
+static void kernel_avx2(int nr, uint64_t r, const float *u, const float *const *v, uint64_t c0, uint64_t c1,
+			float *acc, uint64_t ldc)
 {
-	uint64_t c = 0;
+	uint64_t c = c0;
 
-	for (; c + LANES <= C; c += LANES) {
+	for (; c + LANES <= c1; c += LANES) {
 		__m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
 		__m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
 		for (uint64_t k = 0; k < r; k++) {
@@ -97,20 +100,21 @@ static void kernel_avx2(int nr, uint64_t r, const float *u, const float *const *
 			_mm256_storeu_ps(out[2], a2);
 			_mm256_storeu_ps(out[3], a3);
 			for (int i = 0; i < nr; i++)
-				memcpy(acc + (uint64_t)i * C + c, out[i], sizeof(out[i]));
+				memcpy(acc + (uint64_t)i * ldc + c, out[i], sizeof(out[i]));
 		}
 	}
-	for (; c < C; c++)
+	for (; c < c1; c++)
 		for (int i = 0; i < nr; i++) {
 			float x = 0.0f;
 			for (uint64_t k = 0; k < r; k++)
 				x = fmaf(u[k * GROUP + (uint64_t)i], v[k][c], x);
-			acc[(uint64_t)i * C + c] = x;
+			acc[(uint64_t)i * ldc + c] = x;
 		}
 }
 #endif
 
-static void kernel(int nr, uint64_t r, const float *u, const float *const *v, uint64_t C, float *acc)
+static void kernel(int nr, uint64_t r, const float *u, const float *const *v, uint64_t c0, uint64_t c1,
+		   float *acc, uint64_t ldc)
 {
 #ifdef HAVE_FMA_KERNEL
 	static int have = -1;
@@ -119,16 +123,16 @@ static void kernel(int nr, uint64_t r, const float *u, const float *const *v, ui
 		have = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 	}
 	if (have) {
-		kernel_avx2(nr, r, u, v, C, acc);
+		kernel_avx2(nr, r, u, v, c0, c1, acc, ldc);
 		return;
 	}
 #endif
-	for (uint64_t c = 0; c < C; c++)
+	for (uint64_t c = c0; c < c1; c++)
 		for (int i = 0; i < nr; i++) {
 			float x = 0.0f;
 			for (uint64_t k = 0; k < r; k++)
 				x = fmaf(u[k * GROUP + (uint64_t)i], v[k][c], x);
-			acc[(uint64_t)i * C + c] = x;
+			acc[(uint64_t)i * ldc + c] = x;
 		}
 }
 
@@ -225,22 +229,40 @@ static void do_rows(struct job *j, uint64_t a, uint64_t b, int grouped, float *u
 		    float *acc, double *maxd, int *bad)
 {
 	const struct ck_lora_item *it = j->it;
-	uint64_t C = j->C, d1 = it->op == CK_LOP_EXPERTS || it->op == CK_LOP_PEREXPERT ? it->shape[1] : UINT64_MAX;
+	uint64_t C = j->C, r = j->r, d1 = it->op == CK_LOP_EXPERTS || it->op == CK_LOP_PEREXPERT ? it->shape[1] : UINT64_MAX;
 	enum ck_dtype bdt = it->dtype;
 
+	/*
+	 * RCHUNK rows at a time, in groups of up to GROUP rows of one expert;
+	 * columns in tiles of CTILE so that the r factor rows of a tile stay in
+	 * cache while every group of the chunk uses them.
+	 */
 	for (uint64_t row = a; row < b;) {
-		uint64_t gr = j->r0 + row;
-		int nr = 0;
+		uint64_t n = b - row < RCHUNK ? b - row : RCHUNK;
+		int ng = 0, gn[RCHUNK];
+		uint64_t g0[RCHUNK];
 
-		/* A group never crosses an expert: its rows share v[k]. */
-		memset(u, 0, j->r * GROUP * sizeof(float));
-		while (nr < GROUP && row + (uint64_t)nr < b && (gr + (uint64_t)nr) / d1 == gr / d1) {
-			factors(j, gr + (uint64_t)nr, nr, grouped, u, v);
-			nr++;
+		for (uint64_t i = 0; i < n; ng++) {
+			uint64_t gr = j->r0 + row + i;
+			float *ug = u + (uint64_t)ng * r * GROUP;
+			int nr = 0;
+			memset(ug, 0, r * GROUP * sizeof(float));
+			while (nr < GROUP && i + (uint64_t)nr < n && (gr + (uint64_t)nr) / d1 == gr / d1) {
+				factors(j, gr + (uint64_t)nr, nr, grouped, ug, v + (uint64_t)ng * r);
+				nr++;
+			}
+			g0[ng] = i;
+			gn[ng] = nr;
+			i += (uint64_t)nr;
 		}
-		kernel(nr, j->r, u, v, C, acc);
-		for (int i = 0; i < nr; i++, row++) {
-			float *w = j->w + row * C, *ac = acc + (uint64_t)i * C;
+		for (uint64_t c0 = 0; c0 < C; c0 += CTILE) {
+			uint64_t c1 = C - c0 < CTILE ? C : c0 + CTILE;
+			for (int g = 0; g < ng; g++)
+				kernel(gn[g], r, u + (uint64_t)g * r * GROUP, v + (uint64_t)g * r, c0, c1,
+				       acc + g0[g] * C, C);
+		}
+		for (uint64_t i = 0; i < n; i++, row++) {
+			float *w = j->w + row * C, *ac = acc + i * C;
 			if (j->mag) {
 				/* DoRA: W' = (m / ||W + d||) * (W + d), row-wise. */
 				double ss = 0;
@@ -278,9 +300,9 @@ static void *slice_main(void *arg)
 {
 	struct slice *s = arg;
 	uint64_t r = s->j->r, C = s->j->C;
-	float *u = ck_mallocarray(r ? r * GROUP : 1, sizeof(float));
-	const float **v = ck_mallocarray(r ? r : 1, sizeof(float *));
-	float *acc = ck_mallocarray(C ? C * GROUP : 1, sizeof(float));
+	float *u = ck_mallocarray(r ? r * GROUP * RCHUNK : 1, sizeof(float));
+	const float **v = ck_mallocarray(r ? r * RCHUNK : 1, sizeof(float *));
+	float *acc = ck_mallocarray(C ? C * RCHUNK : 1, sizeof(float));
 
 	if (!u || !v || !acc)
 		s->bad = 2;
