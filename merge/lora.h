@@ -13,12 +13,15 @@
  * streaming safetensors writer, row block by row block for merged tensors,
  * and copies untouched tensors without decoding them.
  *
- * Arithmetic follows PEFT merge_and_unload on CPU, so the output is equal
- * to its result bit for bit except for rare last-bit differences of the fp32
- * sum order: d = rn32(rn32(sum_k B*A) * rn32(s)); Linear W' = rn(W + d);
- * Embedding and expert parameters round d to the base dtype first
- * (W' = rn(W + rn(d)), PEFT casts their delta); DoRA scales rn32(W + d) by
- * rn32(m / ||row||).
+ * Arithmetic follows PEFT merge_and_unload on CPU, so the output equals its
+ * result bit for bit: d = rn32(fma-chain_k(B*A) * rn32(s)) (PyTorch's sgemm
+ * sums over k as a chain of fused multiply-adds; merge.c does the same
+ * explicitly); Linear W' = rn(W + d); Embedding and expert parameters round
+ * d to the base dtype first (W' = rn(W + rn(d)): PEFT casts their delta);
+ * DoRA scales rn32(W + d) by rn32(m / ||row||); trainable tokens replace
+ * rows.  Quantized bases are dequantized first (MXFP4 experts to BF16 in
+ * the HF layout, bitsandbytes 4-bit to its logical dtype), as transformers
+ * does before PEFT merges; --requant-mxfp4 quantizes touched experts back.
  *
  * Ownership: ck_lora_plan returns a plan freed with ck_lora_plan_free; it
  * keeps borrowed pointers into the base and adapter models, which must stay

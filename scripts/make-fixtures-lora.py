@@ -29,7 +29,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FIX = ROOT / "tests" / "fixtures"
 OUT = FIX / "lora"
-BASES = {"oss": FIX / "tiny-gpt-oss", "llama": FIX / "tiny-llama"}
+BASES = {"oss": FIX / "tiny-gpt-oss", "llama": FIX / "tiny-llama", "gpt2": OUT / "tiny-gpt2"}
 SEED = 6
 NLOGITS = 6	# positions of the prompt kept in the reference logits
 
@@ -60,6 +60,8 @@ CASES = {
 	"oss-tok-vocab": ("oss", dict(r=4, lora_alpha=8, target_modules=["q_proj"]), "vocab"),
 	"llama-tokens": ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj"],
 	                               trainable_token_indices=[3, 5, 360]), None),
+	"gpt2-fifo": ("gpt2", dict(r=4, lora_alpha=8, target_modules=["c_attn", "c_proj"], fan_in_fan_out=True),
+	              None),
 }
 
 # On an MXFP4 base: the expert LoRA PEFT drops (with only a warning) when the
@@ -177,6 +179,19 @@ def logits_of(model):
 	return np.ascontiguousarray(out)
 
 
+def make_gpt2_base():
+	"""A tiny GPT-2: its Conv1D weights are stored [in, out] (PEFT's fan_in_fan_out)."""
+	from transformers import GPT2Config, GPT2LMHeadModel
+	torch.manual_seed(SEED)
+	m = GPT2LMHeadModel(GPT2Config(vocab_size=384, n_positions=64, n_embd=64, n_layer=1, n_head=4,
+	                               tie_word_embeddings=False))
+	gen = torch.Generator().manual_seed(SEED)
+	with torch.no_grad():
+		for p in m.parameters():
+			p.copy_(0.2 * torch.randn(p.shape, generator=gen))
+	m.to(torch.bfloat16).save_pretrained(BASES["gpt2"])
+
+
 def make():
 	from peft import LoraConfig, PeftModel, get_peft_model
 	from safetensors.numpy import save_file
@@ -184,6 +199,7 @@ def make():
 
 	shutil.rmtree(OUT, ignore_errors=True)
 	(OUT / "ref").mkdir(parents=True)
+	make_gpt2_base()
 	gen = torch.Generator().manual_seed(SEED)
 	torch.manual_seed(SEED)
 	for case, (kind, kw, tok) in CASES.items():
