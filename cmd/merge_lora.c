@@ -252,10 +252,14 @@ int cmd_merge_lora(int argc, char **argv)
 		.about = "Merge a PEFT LoRA adapter (a folder with adapter_config.json and\n"
 			 "adapter_model.safetensors) into BASE (a model folder or .safetensors file) and\n"
 			 "write the merged model folder OUT: sharded safetensors, BASE's config and\n"
-			 "tokenizer files, and merge-report.json.  Every adapter tensor must map to a base\n"
-			 "tensor (Linear and embedding LoRA, DoRA, lora_bias, rslora, rank/alpha patterns,\n"
-			 "modules_to_save, gpt-oss expert target_parameters); anything else is refused.\n"
-			 "The arithmetic is PEFT merge_and_unload's; memory stays at a block of rows.",
+			 "tokenizer files, and merge-report.json.  First the adapter's tokenizer (if it has\n"
+			 "one) is compared with BASE's (tokcheck): a breaking difference prints the report\n"
+			 "and exits 1.  Every adapter tensor must map to a base tensor (Linear and\n"
+			 "embedding LoRA, DoRA, lora_bias, rslora, rank/alpha patterns, modules_to_save,\n"
+			 "trainable tokens, gpt-oss expert target_parameters, Unsloth per-expert LoRA);\n"
+			 "anything else is refused.  MXFP4 experts and bitsandbytes 4-bit weights are\n"
+			 "dequantized (BF16, quantization_config dropped).  The arithmetic is PEFT\n"
+			 "merge_and_unload's, bit for bit; memory stays at a few blocks of rows.",
 		.min_args = 3,
 		.max_args = 3,
 	};
