@@ -82,16 +82,50 @@ static void kernel_avx2(int nr, uint64_t r, const float *u, const float *const *
 {
 	uint64_t c = c0;
 
+	/* 4 rows x 16 columns: eight accumulators, two loads and four broadcasts per k */
+	for (; c + 2 * LANES <= c1; c += 2 * LANES) {
+		__m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();
+		__m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+		__m256 a20 = _mm256_setzero_ps(), a21 = _mm256_setzero_ps();
+		__m256 a30 = _mm256_setzero_ps(), a31 = _mm256_setzero_ps();
+		for (uint64_t k = 0; k < r; k++) {
+			const float *uk = u + k * GROUP;
+			__m256 x0 = _mm256_loadu_ps(v[k] + c), x1 = _mm256_loadu_ps(v[k] + c + LANES);
+			__m256 b0 = _mm256_broadcast_ss(uk), b1 = _mm256_broadcast_ss(uk + 1);
+			__m256 b2 = _mm256_broadcast_ss(uk + 2), b3 = _mm256_broadcast_ss(uk + 3);
+			a00 = _mm256_fmadd_ps(b0, x0, a00);
+			a01 = _mm256_fmadd_ps(b0, x1, a01);
+			a10 = _mm256_fmadd_ps(b1, x0, a10);
+			a11 = _mm256_fmadd_ps(b1, x1, a11);
+			a20 = _mm256_fmadd_ps(b2, x0, a20);
+			a21 = _mm256_fmadd_ps(b2, x1, a21);
+			a30 = _mm256_fmadd_ps(b3, x0, a30);
+			a31 = _mm256_fmadd_ps(b3, x1, a31);
+		}
+		{
+			float out[GROUP][2 * LANES];
+			_mm256_storeu_ps(out[0], a00);
+			_mm256_storeu_ps(out[0] + LANES, a01);
+			_mm256_storeu_ps(out[1], a10);
+			_mm256_storeu_ps(out[1] + LANES, a11);
+			_mm256_storeu_ps(out[2], a20);
+			_mm256_storeu_ps(out[2] + LANES, a21);
+			_mm256_storeu_ps(out[3], a30);
+			_mm256_storeu_ps(out[3] + LANES, a31);
+			for (int i = 0; i < nr; i++)
+				memcpy(acc + (uint64_t)i * ldc + c, out[i], sizeof(out[i]));
+		}
+	}
 	for (; c + LANES <= c1; c += LANES) {
 		__m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
 		__m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
 		for (uint64_t k = 0; k < r; k++) {
 			const float *uk = u + k * GROUP;
 			__m256 x = _mm256_loadu_ps(v[k] + c);
-			a0 = _mm256_fmadd_ps(_mm256_set1_ps(uk[0]), x, a0);
-			a1 = _mm256_fmadd_ps(_mm256_set1_ps(uk[1]), x, a1);
-			a2 = _mm256_fmadd_ps(_mm256_set1_ps(uk[2]), x, a2);
-			a3 = _mm256_fmadd_ps(_mm256_set1_ps(uk[3]), x, a3);
+			a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(uk), x, a0);
+			a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(uk + 1), x, a1);
+			a2 = _mm256_fmadd_ps(_mm256_broadcast_ss(uk + 2), x, a2);
+			a3 = _mm256_fmadd_ps(_mm256_broadcast_ss(uk + 3), x, a3);
 		}
 		{
 			float out[GROUP][LANES];
