@@ -331,8 +331,9 @@ static int write_bnb(struct dq_run *r, struct ck_stw *w, const char *name, enum 
 	return rc;
 }
 
-/* A whole source tensor (bnb group or plain float) as float32 in buf. */
-static int read_f32(struct dq_run *r, const char *name, float *buf, uint64_t n, struct ck_diag *d)
+/* A whole source tensor (bnb group or plain float) as type `to` in buf. */
+static int read_as(struct dq_run *r, const char *name, enum ck_dtype to, void *buf, uint64_t n,
+		   struct ck_diag *d)
 {
 	const struct ck_tensor *t = ck_model_find(r->m, name);
 
@@ -342,60 +343,50 @@ static int read_f32(struct dq_run *r, const char *name, float *buf, uint64_t n, 
 		if (g.n != n)
 			return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': size differs from expert 0",
 				       ck_model_path(r->m), name);
-		CK_TRY(ck_bnb_group_dequant(&g, 0, n, CK_DT_F32, buf, (int)r->o->jobs, d));
+		CK_TRY(ck_bnb_group_dequant(&g, 0, n, to, buf, (int)r->o->jobs, d));
 		ck_model_done(g.weight);
 		return 0;
 	}
 	if (t->nelem != n)
 		return ck_fail(d, CK_EINVAL, "'%s': tensor '%s': size differs from expert 0",
 			       ck_model_path(r->m), name);
-	if (ck_convert(t->dtype, t->data, CK_DT_F32, buf, (size_t)n) < 0)
+	if (ck_convert(t->dtype, t->data, to, buf, (size_t)n) < 0)
 		return ck_fail(d, CK_EUNSUPPORTED, "'%s': cannot convert", name);
 	ck_model_done(t);
 	return 0;
 }
 
-/* One expert at a time: dequantize, transpose [R, C] -> [C, R], convert, write. */
+/*
+ * One expert at a time: dequantize straight to the output type (one
+ * rounding of the float32 product, as bnb), transpose [R, C] -> [C, R], write.
+ */
 static int write_fused(struct dq_run *r, struct ck_stw *w, const struct ck_stw_tensor *pt,
 		       const struct fused *f, struct ck_diag *d)
 {
 	uint64_t per = 1;
 	size_t osz = ck_dtype_bits(pt->dtype) / 8;
-	float *src = NULL, *tr = NULL;
-	void *ob = NULL;
+	void *src = NULL, *tr = NULL;
 	int rc = 0;
 
 	for (int i = 1; i < pt->ndim; i++)
 		per *= pt->shape[i];
-	src = ck_mallocarray((size_t)per, sizeof(float));
-	tr = ck_mallocarray((size_t)per, sizeof(float));
-	ob = ck_mallocarray((size_t)per, osz);
-	if (!src || !tr || !ob) {
+	src = ck_mallocarray((size_t)per, osz);
+	tr = ck_mallocarray((size_t)per, osz);
+	if (!src || !tr) {
 		rc = ck_fail(d, CK_ENOMEM, "out of memory");
 		goto out;
 	}
 	for (size_t e = 0; e < f->n && !rc; e++) {
-		float *res = src;
-		rc = read_f32(r, f->names[e], src, per, d);
+		rc = read_as(r, f->names[e], pt->dtype, src, per, d);
 		if (rc)
 			break;
-		if (!f->is_bias) {
-			uint64_t C = pt->shape[1], R = pt->shape[2];	/* source is [R, C] */
-			/* in 32x32 tiles, so reads and writes both stay in cache */
-			for (uint64_t a0 = 0; a0 < R; a0 += 32)
-				for (uint64_t b0 = 0; b0 < C; b0 += 32)
-					for (uint64_t a = a0; a < a0 + 32 && a < R; a++)
-						for (uint64_t b = b0; b < b0 + 32 && b < C; b++)
-							tr[b * R + a] = src[a * C + b];
-			res = tr;
-		}
-		ck_convert(CK_DT_F32, res, pt->dtype, ob, (size_t)per);
-		rc = ck_stw_write(w, ob, (size_t)per * osz, d);
+		if (!f->is_bias)	/* source [R = out, C = in], output [in, out] */
+			ck_bnb_transpose(src, tr, pt->shape[2], pt->shape[1], osz);
+		rc = ck_stw_write(w, f->is_bias ? src : tr, (size_t)per * osz, d);
 	}
 out:
 	free(src);
 	free(tr);
-	free(ob);
 	return rc;
 }
 

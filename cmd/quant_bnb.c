@@ -286,33 +286,6 @@ static size_t esize(enum ck_dtype dt)
 	return ck_dtype_bits(dt) / 8;
 }
 
-/* dst[c][r] = src[r][c] for src [R, C], in 32x32 tiles so both sides stay in cache. */
-static void transpose(const uint8_t *src, void *dst, uint64_t R, uint64_t C, size_t es)
-{
-	enum { T = 32 };
-	for (uint64_t r0 = 0; r0 < R; r0 += T)
-		for (uint64_t c0 = 0; c0 < C; c0 += T) {
-			uint64_t r1 = r0 + T < R ? r0 + T : R, c1 = c0 + T < C ? c0 + T : C;
-			if (es == 2) {
-				uint16_t *d = dst;
-				for (uint64_t r = r0; r < r1; r++)
-					for (uint64_t c = c0; c < c1; c++) {
-						uint16_t v;
-						memcpy(&v, src + 2 * (r * C + c), 2);
-						d[c * R + r] = v;
-					}
-			} else {
-				uint32_t *d = dst;
-				for (uint64_t r = r0; r < r1; r++)
-					for (uint64_t c = c0; c < c1; c++) {
-						uint32_t v;
-						memcpy(&v, src + 4 * (r * C + c), 4);
-						d[c * R + r] = v;
-					}
-			}
-		}
-}
-
 /* The source elements of q in row-major [rows, cols] order. */
 static const void *src_data(struct qb_run *r, const struct qsrc *q, struct ck_diag *d)
 {
@@ -330,7 +303,7 @@ static const void *src_data(struct qb_run *r, const struct qsrc *q, struct ck_di
 		}
 	}
 	base = q->t->data + (uint64_t)q->expert * q->n * es;
-	transpose(base, r->c.src, q->cols, q->rows, es);
+	ck_bnb_transpose(base, r->c.src, q->cols, q->rows, es);
 	return r->c.src;
 }
 

@@ -433,6 +433,34 @@ void ck_bnb_dequant_range(enum ck_bnb_type type, uint64_t blocksize, const uint8
 	}
 }
 
+/* dst[c][r] = src[r][c] for src [R, C], in 32x32 tiles so both sides stay in cache. */
+void ck_bnb_transpose(const void *srcv, void *dst, uint64_t R, uint64_t C, size_t es)
+{
+	const uint8_t *src = srcv;
+	enum { T = 32 };
+	for (uint64_t r0 = 0; r0 < R; r0 += T)
+		for (uint64_t c0 = 0; c0 < C; c0 += T) {
+			uint64_t r1 = r0 + T < R ? r0 + T : R, c1 = c0 + T < C ? c0 + T : C;
+			if (es == 2) {
+				uint16_t *d = dst;
+				for (uint64_t r = r0; r < r1; r++)
+					for (uint64_t c = c0; c < c1; c++) {
+						uint16_t v;
+						memcpy(&v, src + 2 * (r * C + c), 2);
+						d[c * R + r] = v;
+					}
+			} else {
+				uint32_t *d = dst;
+				for (uint64_t r = r0; r < r1; r++)
+					for (uint64_t c = c0; c < c1; c++) {
+						uint32_t v;
+						memcpy(&v, src + 4 * (r * C + c), 4);
+						d[c * R + r] = v;
+					}
+			}
+		}
+}
+
 /* ---- Python float repr ----------------------------------------------------- */
 
 size_t ck_bnb_pyrepr(double v, char *buf, size_t cap)
