@@ -376,3 +376,21 @@ def test_many_shards(tmp_path):
     idx = json.loads((out / "model.safetensors.index.json").read_text())
     assert len(set(idx["weight_map"].values())) > 4
     assert set(idx["weight_map"]) == set(raw_tensors(out)) == set(raw_tensors(BASES["oss"]))
+
+
+def test_keys_without_peft_prefix(tmp_path):
+    """PEFT's loader also takes keys without "base_model.model." (adapters injected
+    by transformers' integration): same merge, and a BF16 adapter is read as PEFT
+    upcasts it (to fp32)."""
+    from safetensors.numpy import save_file
+    src = LORA / "llama-attn"
+    ad = load_file(str(src / "adapter_model.safetensors"))
+    d = tmp_path / "bare"
+    d.mkdir()
+    save_file({k[len("base_model.model."):]: v for k, v in ad.items()}, str(d / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    (d / "adapter_config.json").write_bytes((src / "adapter_config.json").read_bytes())
+    assert run("merge-lora", BASES["llama"], d, tmp_path / "a").code == 0
+    assert run("merge-lora", BASES["llama"], src, tmp_path / "b").code == 0
+    a, b = raw_tensors(tmp_path / "a"), raw_tensors(tmp_path / "b")
+    assert a == b
