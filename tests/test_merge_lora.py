@@ -380,8 +380,7 @@ def test_many_shards(tmp_path):
 
 def test_keys_without_peft_prefix(tmp_path):
     """PEFT's loader also takes keys without "base_model.model." (adapters injected
-    by transformers' integration): same merge, and a BF16 adapter is read as PEFT
-    upcasts it (to fp32)."""
+    by transformers' integration): the same merge."""
     from safetensors.numpy import save_file
     src = LORA / "llama-attn"
     ad = load_file(str(src / "adapter_model.safetensors"))
