@@ -204,11 +204,20 @@ int ck_parse_options(int argc, char **argv, const struct ck_option *opts, const 
 				val = eq + 1;
 			}
 		} else {
-			if (a[2])
-				exit(ck_usage_error(u->tool, "unknown option '%s'", a));
+			/* -j4 (value attached) and -lf (bundled flags), as getopt takes them */
 			o = find_short(opts, a[1]);
 			if (!o)
 				exit(ck_usage_error(u->tool, "unknown option '%s'", a));
+			if (a[2] && needs_value(o->kind)) {
+				val = a + 2;
+			} else if (a[2]) {
+				for (const char *c = a + 2; *c; c++) {
+					const struct ck_option *f = find_short(opts, *c);
+					if (!f || needs_value(f->kind))
+						exit(ck_usage_error(u->tool, "unknown option '%s'", a));
+					*(int *)f->value = 1;
+				}
+			}
 		}
 		if (!needs_value(o->kind)) {
 			*(int *)o->value = 1;

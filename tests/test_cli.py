@@ -50,3 +50,12 @@ def test_man_page_has_the_exit_code_table():
         assert f".B {code}\n" in man
     for tool in TOOLS:
         assert tool in man
+
+
+def test_short_options_take_attached_values_and_bundle():
+    from conftest import FIXTURES
+    m = FIXTURES / "tiny-llama"
+    a = run("ls", "-j1", "-l", "--sha256", m)
+    b = run("ls", "-j", "1", "-l", "--sha256", m)
+    assert a.code == 0 and a.out == b.out and "model.safetensors" in a.out
+    assert_one_line_error(run("ls", "-lq", m), 2, "-lq")
