@@ -381,7 +381,7 @@ static int write_fused(struct dq_run *r, struct ck_stw *w, const struct ck_stw_t
 		if (rc)
 			break;
 		if (!f->is_bias)	/* source [R = out, C = in], output [in, out] */
-			ck_bnb_transpose(src, tr, pt->shape[2], pt->shape[1], osz);
+			ck_bnb_transpose(src, tr, pt->shape[2], pt->shape[1], osz, (int)r->o->jobs);
 		rc = ck_stw_write(w, f->is_bias ? src : tr, (size_t)per * osz, d);
 	}
 out:

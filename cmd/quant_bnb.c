@@ -303,7 +303,7 @@ static const void *src_data(struct qb_run *r, const struct qsrc *q, struct ck_di
 		}
 	}
 	base = q->t->data + (uint64_t)q->expert * q->n * es;
-	ck_bnb_transpose(base, r->c.src, q->cols, q->rows, es);
+	ck_bnb_transpose(base, r->c.src, q->cols, q->rows, es, (int)r->o->jobs);
 	return r->c.src;
 }
 

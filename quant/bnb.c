@@ -434,15 +434,26 @@ void ck_bnb_dequant_range(enum ck_bnb_type type, uint64_t blocksize, const uint8
 }
 
 /* dst[c][r] = src[r][c] for src [R, C], in 32x32 tiles so both sides stay in cache. */
-void ck_bnb_transpose(const void *srcv, void *dst, uint64_t R, uint64_t C, size_t es)
+struct tr_ctx {
+	const uint8_t *src;
+	void *dst;
+	uint64_t R, C;
+	size_t es;
+};
+
+/* Rows [32*lo, 32*hi) of the source. */
+static void tr_part(void *arg, uint64_t lo, uint64_t hi)
 {
-	const uint8_t *src = srcv;
+	const struct tr_ctx *t = arg;
+	const uint8_t *src = t->src;
+	uint64_t R = t->R, C = t->C;
 	enum { T = 32 };
-	for (uint64_t r0 = 0; r0 < R; r0 += T)
+
+	for (uint64_t r0 = lo * T; r0 < hi * T && r0 < R; r0 += T)
 		for (uint64_t c0 = 0; c0 < C; c0 += T) {
 			uint64_t r1 = r0 + T < R ? r0 + T : R, c1 = c0 + T < C ? c0 + T : C;
-			if (es == 2) {
-				uint16_t *d = dst;
+			if (t->es == 2) {
+				uint16_t *d = t->dst;
 				for (uint64_t r = r0; r < r1; r++)
 					for (uint64_t c = c0; c < c1; c++) {
 						uint16_t v;
@@ -450,7 +461,7 @@ void ck_bnb_transpose(const void *srcv, void *dst, uint64_t R, uint64_t C, size_
 						d[c * R + r] = v;
 					}
 			} else {
-				uint32_t *d = dst;
+				uint32_t *d = t->dst;
 				for (uint64_t r = r0; r < r1; r++)
 					for (uint64_t c = c0; c < c1; c++) {
 						uint32_t v;
@@ -459,6 +470,12 @@ void ck_bnb_transpose(const void *srcv, void *dst, uint64_t R, uint64_t C, size_
 					}
 			}
 		}
+}
+
+void ck_bnb_transpose(const void *src, void *dst, uint64_t R, uint64_t C, size_t es, int nthreads)
+{
+	struct tr_ctx t = { src, dst, R, C, es };
+	par_for((R + 31) / 32, nthreads, tr_part, &t);
 }
 
 /* ---- Python float repr ----------------------------------------------------- */

@@ -189,10 +189,11 @@ void ck_bnb_dequant_range(enum ck_bnb_type type, uint64_t blocksize, const uint8
 			  const float *absmax, uint64_t first, uint64_t count, enum ck_dtype to, void *dst);
 
 /*
- * dst [C, R] = the transpose of src [R, C], elements of es bytes (2 or 4):
- * how per-expert Linear weights [out, in] and fused experts [in, out] map.
+ * dst [C, R] = the transpose of src [R, C], elements of es bytes (2 or 4),
+ * on nthreads threads: how per-expert Linear weights [out, in] and fused
+ * experts [in, out] map.
  */
-void ck_bnb_transpose(const void *src, void *dst, uint64_t R, uint64_t C, size_t es);
+void ck_bnb_transpose(const void *src, void *dst, uint64_t R, uint64_t C, size_t es, int nthreads);
 
 /*
  * Python repr() of a float32 widened to double: the shortest decimal that

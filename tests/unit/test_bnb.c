@@ -226,6 +226,27 @@ static void dequant_any_range(void)
 		}
 }
 
+static void transpose_any_shape_any_threads(void)
+{
+	static uint16_t a[70 * 45], b[70 * 45];
+	static uint32_t c[33 * 65], e[33 * 65];
+
+	for (int i = 0; i < 70 * 45; i++)
+		a[i] = (uint16_t)i;
+	for (int i = 0; i < 33 * 65; i++)
+		c[i] = (uint32_t)i * 7u;
+	for (int th = 1; th <= 3; th++) {
+		ck_bnb_transpose(a, b, 70, 45, 2, th);
+		ck_bnb_transpose(c, e, 33, 65, 4, th);
+		for (int r = 0; r < 70; r++)
+			for (int k = 0; k < 45; k++)
+				CHECK(b[k * 70 + r] == a[r * 45 + k]);
+		for (int r = 0; r < 33; r++)
+			for (int k = 0; k < 65; k++)
+				CHECK(e[k * 33 + r] == c[r * 65 + k]);
+	}
+}
+
 static void blocksizes_are_bnb_s(void)
 {
 	CHECK(ck_bnb_blocksize_ok(32) && ck_bnb_blocksize_ok(64) && ck_bnb_blocksize_ok(4096));
@@ -247,6 +268,7 @@ int main(void)
 	RUN(pyrepr_matches_python);
 	RUN(quantize_matches_the_scalar_rule_for_every_bf16);
 	RUN(dequant_any_range);
+	RUN(transpose_any_shape_any_threads);
 	RUN(blocksizes_are_bnb_s);
 	return tap_done();
 }
