@@ -151,9 +151,6 @@ def main():
     for name, src, qt, bs, nested in cases:
         make_case(name, src, qt, bs, nested)
         print("wrote", name)
-    with open(OUT / "VERSIONS.txt", "a") as f:
-        f.write(f"make-fixtures-bnb.py: torch {torch.__version__}, bitsandbytes {bnb.__version__}, "
-                f"numpy {np.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}\n")
 
 
 TINY = OUT.parent / "tiny-gpt-oss"
@@ -301,3 +298,9 @@ if __name__ == "__main__":
             make_bad()
         make_tiny_standard()
         make_tiny_unsloth()
+        import safetensors
+        import transformers
+        with open(OUT / "VERSIONS.txt", "a") as f:
+            f.write(f"make-fixtures-bnb.py: torch {torch.__version__}, bitsandbytes {bnb.__version__}, "
+                    f"transformers {transformers.__version__}, safetensors {safetensors.__version__}, "
+                    f"numpy {np.__version__}, cpu {torch.backends.cpu.get_cpu_capability()}\n")
