@@ -273,3 +273,25 @@ def test_quant_bnb_per_expert_matches_unsloth_layout(tmp_path):
             np.testing.assert_array_equal(bits(got[k]) if got[k].dtype.itemsize > 1 else got[k],
                                           bits(ref[k]) if ref[k].dtype.itemsize > 1 else ref[k],
                                           err_msg=k)
+
+
+def test_quant_bnb_skip_glob(tmp_path):
+    out = tmp_path / "q"
+    r = run("quant-bnb", "--skip", "*.q_proj", "--skip", "model.layers.1.*", TINY, out)
+    assert r.code == 0, r
+    got = folder(out)
+    assert got["model.layers.0.self_attn.q_proj.weight"].dtype == BF16
+    assert got["model.layers.1.self_attn.k_proj.weight"].dtype == BF16
+    assert got["model.layers.0.self_attn.k_proj.weight"].dtype == np.uint8
+    skips = json.loads((out / "config.json").read_text())["quantization_config"]["llm_int8_skip_modules"]
+    assert "model.layers.0.self_attn.q_proj" in skips and "model.layers.1.self_attn.v_proj" in skips
+    assert "model.layers.0.self_attn.k_proj" not in skips
+
+
+@pytest.mark.parametrize("argv", [["dequant-nf4", UNSLOTH], ["quant-bnb", "--double-quant", TINY]])
+@pytest.mark.parametrize("at", ["1", "5"])
+def test_write_failure_leaves_nothing(tmp_path, argv, at):
+    out = tmp_path / "out"
+    r = run(*argv, out, env={"CKPT_FAULT_WRITE_AT": at})
+    assert_one_line_error(r, 4)
+    assert not out.exists() and not leftovers(tmp_path)
