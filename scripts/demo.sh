@@ -18,6 +18,15 @@ step "$CKPT" cp --dtype f32 --shard-size 300KB "$M" "$TMP/f32"
 step ls "$TMP/f32"
 step "$CKPT" ls --summary "$TMP/f32"
 if has tokcheck; then step "$CKPT" tokcheck "$M"; step "$CKPT" tokcheck "$M" "$TMP/f32"; fi
+if has merge-lora; then
+	# a real PEFT adapter (attention + both expert params), then the tokenizer gate refusing one
+	step "$CKPT" merge-lora "$M" "$ROOT/tests/fixtures/lora/oss-experts" "$TMP/merged"
+	step "$CKPT" ls --filter '*layers.0.mlp.experts.*' "$TMP/merged"
+	printf '\n$ %s\n' "$CKPT merge-lora $M .../lora/oss-tok-vocab $TMP/refused   (expected: refused, exit 1)"
+	if "$CKPT" merge-lora "$M" "$ROOT/tests/fixtures/lora/oss-tok-vocab" "$TMP/refused"; then
+		echo "demo: a tokenizer-mismatched adapter was merged" >&2; exit 1
+	fi
+fi
 if has quant-mxfp4; then
 	step "$CKPT" quant-mxfp4 "$M" "$TMP/mxfp4"
 	step "$CKPT" ls --filter '*experts*' "$TMP/mxfp4"
