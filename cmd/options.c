@@ -68,6 +68,38 @@ static int needs_value(enum ck_opt_kind k)
 	return k != CK_OPT_FLAG_;
 }
 
+/*
+ * "  LEFT   help words..." with the help wrapped at 80 columns under column
+ * 33; a LEFT wider than its column puts the help on the next line.
+ */
+static void print_option(FILE *f, const char *left, const char *help)
+{
+	enum { COL = 33, WIDTH = 80 };
+	int col = fprintf(f, "  %-30s", left);
+	const char *p = help;
+
+	if (col > COL - 1) {
+		fputc('\n', f);
+		col = 0;
+	}
+	while (*p) {
+		size_t w = strcspn(p, " ");
+		if (col > COL && col + 1 + (int)w > WIDTH) {
+			fputc('\n', f);
+			col = 0;
+		}
+		if (col < COL)
+			col += fprintf(f, "%*s", COL - col, "");
+		else
+			col += fprintf(f, " ");
+		col += fprintf(f, "%.*s", (int)w, p);
+		p += w;
+		while (*p == ' ')
+			p++;
+	}
+	fputc('\n', f);
+}
+
 void ck_print_help(FILE *f, const struct ck_option *opts, const struct ck_usage *u)
 {
 	fprintf(f, "usage: %s\n", u->synopsis);
@@ -83,7 +115,7 @@ void ck_print_help(FILE *f, const struct ck_option *opts, const struct ck_usage 
 		else
 			snprintf(left, sizeof(left), "    --%s%s%s", o->long_name,
 				 needs_value(o->kind) ? " " : "", needs_value(o->kind) ? arg : "");
-		fprintf(f, "  %-30s %s\n", left, o->help);
+		print_option(f, left, o->help);
 	}
 	fprintf(f, "  %-30s %s\n", "-h, --help", "show this help and exit");
 	fprintf(f, "\nexit: 0 ok, 1 difference found, 2 usage, 3 invalid input, 4 I/O or resource failure\n");
