@@ -8,10 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "ckpt.h"
-#include "../libtensor/files.h"
 #include "../libtensor/gguf.h"
-#include "../libtensor/model.h"
-#include "../libtensor/stwriter.h"
+#include "../libtensor/job.h"
 
 struct cp_opts {
 	struct ck_strlist filters, excludes, renames;
@@ -22,12 +20,7 @@ struct cp_opts {
 
 static int selected(const struct cp_opts *o, const char *name)
 {
-	int in = !o->filters.n;
-	for (size_t i = 0; i < o->filters.n && !in; i++)
-		in = ck_glob(o->filters.v[i], name);
-	for (size_t i = 0; i < o->excludes.n && in; i++)
-		in = !ck_glob(o->excludes.v[i], name);
-	return in;
+	return ck_job_selected(o->filters.v, o->filters.n, o->excludes.v, o->excludes.n, name);
 }
 
 /* The output name of a tensor: the first --rename FROM=TO whose FROM prefixes it. */
@@ -54,45 +47,27 @@ static enum ck_dtype target_dtype(const struct cp_opts *o, enum ck_dtype src)
 	return !strcmp(o->dtype, "bf16") ? CK_DT_BF16 : !strcmp(o->dtype, "f16") ? CK_DT_F16 : CK_DT_F32;
 }
 
-/* Convert a float tensor chunk by chunk into the writer. */
-static int write_converted(struct ck_stw *w, const struct ck_tensor *t, enum ck_dtype to,
-			   struct ck_diag *d)
+static int write_tensor(void *ctx, struct ck_stw *w, const struct ck_stw_tensor *pt,
+			struct ck_diag *d)
 {
-	enum { CHUNK = 1 << 20 };	/* elements */
-	size_t in_sz = ck_dtype_bits(t->dtype) / 8, out_sz = ck_dtype_bits(to) / 8;
-	void *buf = ck_mallocarray(CHUNK, out_sz);
-	int rc = 0;
+	const struct ck_model *m = ctx;
+	const struct ck_tensor *t = ck_model_tensor(m, pt->user);
 
-	if (!buf)
-		return ck_fail(d, CK_ENOMEM, "out of memory");
-	for (uint64_t i = 0; i < t->nelem && !rc; i += CHUNK) {
-		size_t n = t->nelem - i < CHUNK ? (size_t)(t->nelem - i) : CHUNK;
-		const uint8_t *src = t->data + i * in_sz;
-		ck_convert(t->dtype, src, to, buf, n);
-		rc = ck_stw_write(w, buf, n * out_sz, d);
-		ck_model_done_range(src, n * in_sz);
-	}
-	free(buf);
-	return rc;
-}
-
-static int ends_with(const char *s, const char *suffix)
-{
-	size_t a = strlen(s), b = strlen(suffix);
-	return a >= b && !strcmp(s + a - b, suffix);
+	if (pt->dtype == t->dtype)
+		return ck_job_copy(w, m, t, d);
+	return ck_job_convert(w, t, pt->dtype, d);
 }
 
 static int cp_safetensors(const struct cp_opts *o, struct ck_model *m, const char *dst,
 			  struct ck_diag *d)
 {
 	const char *inputs[] = { ck_model_path(m) };
-	int to_file = ends_with(dst, ".safetensors");
+	struct ck_job_out jo = { .dst = dst, .force = o->force, .inputs = inputs, .ninputs = 1,
+				 .shard_size = o->shard_size, .meta = m, .aux = m,
+				 .write = write_tensor, .ctx = m };
 	struct ck_stw_tensor *plan = ck_calloc(ck_model_count(m), sizeof(*plan));
-	struct ck_out *out = NULL;
-	struct ck_stw *w = NULL;
-	const char *const *mk, *const *mv;
-	size_t n = 0, nmeta;
-	int rc;
+	size_t n = 0;
+	int rc = 0;
 
 	if (!plan)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
@@ -111,30 +86,8 @@ static int cp_safetensors(const struct cp_opts *o, struct ck_model *m, const cha
 		plan[n].user = i;
 		n++;
 	}
-	rc = ck_out_begin(&out, to_file ? CK_OUT_FILE : CK_OUT_DIR, dst, o->force, inputs, 1, d);
-	if (rc)
-		goto out;
-	nmeta = ck_model_meta(m, 0, &mk, &mv);
-	rc = ck_stw_plan(&w, out, plan, n, to_file ? 0 : o->shard_size, mk, mv, nmeta, d);
-	for (size_t k = 0; !rc && k < ck_stw_count(w); k++) {
-		const struct ck_stw_tensor *pt = ck_stw_tensor(w, k);
-		const struct ck_tensor *t = ck_model_tensor(m, pt->user);
-		if (pt->dtype == t->dtype)
-			rc = ck_stw_copy_fd(w, ck_model_file_fd(m, t->file), t->offset, t->nbytes, d);
-		else
-			rc = write_converted(w, t, pt->dtype, d);
-	}
-	if (!rc)
-		rc = ck_stw_finish(w, d);
-	if (!rc && !to_file && ck_model_kind(m) == CK_MODEL_FOLDER)
-		rc = ck_copy_aux_files(out, ck_model_dir(m), NULL, 0, d) < 0 ? d->status : 0;
-	if (!rc) {
-		rc = ck_out_commit(out, d);
-		out = NULL;
-	}
+	rc = ck_job_write(&jo, plan, n, d);
 out:
-	ck_out_abort(out);
-	ck_stw_free(w);
 	for (size_t i = 0; i < n; i++)
 		free((char *)plan[i].name);
 	free(plan);
@@ -154,7 +107,7 @@ static int cp_gguf(const struct cp_opts *o, struct ck_model *m, const char *dst,
 
 	if (!src)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
-	if (!ends_with(dst, ".gguf")) {
+	if (!ck_ends_with(dst, ".gguf")) {
 		rc = ck_fail(d, CK_EUSAGE, "'%s': a GGUF source needs a .gguf destination", dst);
 		goto out;
 	}

@@ -241,6 +241,12 @@ static bool glob_at(const char *p, const char *s)
 	return !*s;
 }
 
+bool ck_ends_with(const char *s, const char *suffix)
+{
+	size_t a = strlen(s), b = strlen(suffix);
+	return a >= b && !strcmp(s + a - b, suffix);
+}
+
 bool ck_glob(const char *pattern, const char *s)
 {
 	return glob_at(pattern, s);

@@ -112,6 +112,9 @@ char *ck_escape(const char *s, size_t len, char *out, size_t cap);
 /* True when s[0..len) is valid UTF-8 (no overlongs, no surrogates). */
 bool ck_utf8_valid(const char *s, size_t len);
 
+/* Does s end with suffix? */
+bool ck_ends_with(const char *s, const char *suffix);
+
 /* Glob match in the fnmatch(3) dialect without flags: * ? [...] and \. */
 bool ck_glob(const char *pattern, const char *s);
 

@@ -26,12 +26,6 @@ const char *ck_layout_kind_name(enum ck_layout_kind k)
 	}
 }
 
-static int ends_with(const char *s, const char *suffix)
-{
-	size_t a = strlen(s), b = strlen(suffix);
-	return a >= b && !memcmp(s + a - b, suffix, b);
-}
-
 /* name with its suffix (of length cut) replaced by repl, or NULL if too long. */
 static const char *swap_suffix(const char *name, size_t cut, const char *repl, char *buf, size_t cap)
 {
@@ -54,7 +48,7 @@ static int detect_mxfp4(const struct ck_model *m, const struct ck_tensor *t, str
 		for (int side = 0; side < 2; side++) {
 			const struct ck_tensor *o;
 			const struct ck_tensor *blocks, *scales;
-			if (!ends_with(t->name, pairs[i][side]))
+			if (!ck_ends_with(t->name, pairs[i][side]))
 				continue;
 			if (!swap_suffix(t->name, strlen(pairs[i][side]), pairs[i][!side], other,
 					 sizeof(other)))
@@ -126,7 +120,7 @@ static int detect_bnb(const struct ck_model *m, const struct ck_tensor *t, struc
 	const struct ck_tensor *st;
 
 	for (size_t i = 0; i < CK_ARRAY_SIZE(aux); i++)
-		if (ends_with(t->name, aux[i])) {
+		if (ck_ends_with(t->name, aux[i])) {
 			l->kind = CK_LAYOUT_BNB_STATE;
 			snprintf(l->role, sizeof(l->role), "%s", aux[i] + 1);
 			if (i >= 4)

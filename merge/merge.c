@@ -13,7 +13,7 @@
 #include "../libtensor/model.h"
 #include "../quant/bnb.h"
 #include "../quant/mxfp4.h"
-#include "../libtensor/stwriter.h"
+#include "../libtensor/job.h"
 
 #define BLOCK_ELEMS (1u << 21)	/* elements per row block (8 MB of fp32) */
 #define PAR_MIN (1u << 15)	/* below this many elements a block is not split */
@@ -670,25 +670,6 @@ out:
 	return rc;
 }
 
-/* An unmerged tensor whose dtype changes, or a replacement: convert in chunks. */
-static int write_converted(struct ck_stw *w, const struct ck_tensor *t, enum ck_dtype to, struct ck_diag *d)
-{
-	enum { CHUNK = 1 << 20 };
-	size_t in_sz = ck_dtype_bits(t->dtype) / 8, out_sz = ck_dtype_bits(to) / 8;
-	void *buf = ck_mallocarray(CHUNK, out_sz);
-	int rc = 0;
-
-	if (!buf)
-		return ck_fail(d, CK_ENOMEM, "out of memory");
-	for (uint64_t i = 0; i < t->nelem && !rc; i += CHUNK) {
-		size_t n = t->nelem - i < CHUNK ? (size_t)(t->nelem - i) : CHUNK;
-		ck_convert(t->dtype, t->data + i * in_sz, to, buf, n);
-		rc = ck_stw_write(w, buf, n * out_sz, d);
-	}
-	free(buf);
-	return rc;
-}
-
 int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck_out *o,
 		  uint64_t shard_size, enum ck_dtype out_dtype, int jobs, struct ck_diag *d)
 {
@@ -749,11 +730,11 @@ int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck
 		else if (it->bnb && !it->replace)
 			rc = write_bnb_plain(w, it, pt->dtype, jobs, d);
 		else if (it->replace)
-			rc = write_converted(w, it->replace, pt->dtype, d);
+			rc = ck_job_convert(w, it->replace, pt->dtype, d);
 		else if (pt->dtype == t->dtype)
-			rc = ck_stw_copy_fd(w, ck_model_file_fd(base, t->file), t->offset, t->nbytes, d);
+			rc = ck_job_copy(w, base, t, d);
 		else
-			rc = write_converted(w, t, pt->dtype, d);
+			rc = ck_job_convert(w, t, pt->dtype, d);
 	}
 	if (!rc)
 		rc = ck_stw_finish(w, d);

@@ -254,4 +254,43 @@ int ck_bnb_group_dequant(const struct ck_bnb_group *g, uint64_t first, uint64_t 
 int ck_bnb_config_rewrite(const char *text, size_t len, const char *qc, char **out, size_t *outlen,
 			  struct ck_diag *d);
 
+/* ---- whole checkpoints: the jobs of dequant-nf4 and quant-bnb ------------- */
+
+/*
+ * Dequantize every bnb 4-bit group of in (a .safetensors file or a folder)
+ * into out (a .safetensors file or a folder), copy the other tensors, write
+ * config.json without quantization_config (bnb_dequant_model.c).  With hf,
+ * Unsloth's per-expert gpt-oss tensors are fused as transformers loads them,
+ * one expert in memory at a time.
+ */
+struct ck_bnb_dq_job {
+	const char *in, *out;
+	enum ck_dtype dtype;		/* CK_DT_UNKNOWN: each group's own */
+	int hf;				/* 1 fuse per-expert tensors, 0 keep, -1 when IN has them */
+	uint64_t shard_size;		/* folder outputs */
+	int threads;
+	int force;
+};
+int ck_bnb_dequant_model(const struct ck_bnb_dq_job *job, struct ck_diag *d);
+
+/*
+ * Quantize the Linear weights of in as transformers + bitsandbytes save a
+ * load_in_4bit model (bnb_quant_model.c; what is a Linear weight is said
+ * there).  CK_EUSAGE for a bad nested_offset.
+ */
+struct ck_bnb_q_job {
+	const char *in, *out;
+	enum ck_bnb_type type;
+	uint64_t blocksize;
+	int double_quant;
+	int per_expert;			/* gpt-oss experts as Unsloth's per-expert Linears */
+	const char *const *skips;	/* globs on module or tensor names left unquantized */
+	size_t nskips;
+	const char *nested_offset;	/* testing: every tensor's double-quant offset; NULL: the mean */
+	uint64_t shard_size;		/* folder outputs */
+	int threads;
+	int force;
+};
+int ck_bnb_quant_model(const struct ck_bnb_q_job *job, struct ck_diag *d);
+
 #endif

@@ -14,10 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include "mxfp4.h"
-#include "../libtensor/files.h"
 #include "../libtensor/gptoss.h"
-#include "../libtensor/model.h"
-#include "../libtensor/stwriter.h"
+#include "../libtensor/job.h"
 
 enum item_kind {
 	IT_COPY,	/* the bytes of t */
@@ -102,12 +100,6 @@ static void job_free(struct job *j)
 	free(j->config_json);
 	ck_model_free(j->m);
 	ck_model_free(j->keep);
-}
-
-static int ends_with(const char *s, const char *suffix)
-{
-	size_t a = strlen(s), b = strlen(suffix);
-	return a >= b && !strcmp(s + a - b, suffix);
 }
 
 static const char *in_path(const struct job *j)
@@ -261,8 +253,7 @@ static int write_item(struct ck_stw *w, struct job *j, struct item *it, struct c
 {
 	switch (it->kind) {
 	case IT_COPY:
-		return ck_stw_copy_fd(w, ck_model_file_fd(j->m, it->t->file), it->t->offset,
-				      it->t->nbytes, d);
+		return ck_job_copy(w, j->m, it->t, d);
 	case IT_ROWS:
 		return write_rows(w, j, it, d);
 	case IT_DEQ:
@@ -282,45 +273,43 @@ static int write_item(struct ck_stw *w, struct job *j, struct item *it, struct c
 	case IT_STACK:
 		for (uint64_t x = 0; x < it->q->e; x++) {
 			const struct ck_tensor *t = it->q->experts[x];
-			CK_TRY(ck_stw_copy_fd(w, ck_model_file_fd(j->m, t->file), t->offset, t->nbytes, d));
+			CK_TRY(ck_job_copy(w, j->m, t, d));
 		}
 		return 0;
 	}
 	return ck_fail(d, CK_EINVAL, "internal: bad plan item");
 }
 
+static int emit_item(void *ctx, struct ck_stw *w, const struct ck_stw_tensor *pt, struct ck_diag *d)
+{
+	struct job *j = ctx;
+	return write_item(w, j, &j->items[pt->user], d);
+}
+
+static int emit_config(void *ctx, struct ck_out *out, struct ck_diag *d)
+{
+	const struct job *j = ctx;
+	if (!j->config_json)
+		return 0;
+	return ck_out_write_file(out, "config.json", j->config_json, strlen(j->config_json), d);
+}
+
 static int emit(struct job *j, struct ck_diag *d)
 {
 	const char *inputs[2] = { ck_model_path(j->m), j->o->keep_from };
-	int to_file = ends_with(j->o->out, ".safetensors");
-	struct ck_stw_tensor *plan = ck_calloc(j->n, sizeof(*plan));
 	static const char *const skip[] = { "config.json", "dtypes.json" };
-	struct ck_out *out = NULL;
-	struct ck_stw *w = NULL;
+	const struct ck_job_out jo = { .dst = j->o->out, .force = j->o->force, .inputs = inputs,
+				       .ninputs = j->o->keep_from ? 2 : 1, .shard_size = j->o->shard_size,
+				       .aux = j->m, .skip = skip, .nskip = CK_ARRAY_SIZE(skip),
+				       .write = emit_item, .config = emit_config, .ctx = j };
+	struct ck_stw_tensor *plan = ck_calloc(j->n, sizeof(*plan));
 	int rc;
 
 	if (!plan)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
 	for (size_t i = 0; i < j->n; i++)
 		plan[i] = j->items[i].st;
-	rc = ck_out_begin(&out, to_file ? CK_OUT_FILE : CK_OUT_DIR, j->o->out, j->o->force, inputs,
-			  j->o->keep_from ? 2 : 1, d);
-	if (!rc)
-		rc = ck_stw_plan(&w, out, plan, j->n, to_file ? 0 : j->o->shard_size, NULL, NULL, 0, d);
-	for (size_t k = 0; !rc && k < ck_stw_count(w); k++)
-		rc = write_item(w, j, &j->items[ck_stw_tensor(w, k)->user], d);
-	if (!rc)
-		rc = ck_stw_finish(w, d);
-	if (!rc && !to_file && j->config_json)
-		rc = ck_out_write_file(out, "config.json", j->config_json, strlen(j->config_json), d);
-	if (!rc && !to_file && ck_model_kind(j->m) == CK_MODEL_FOLDER)
-		rc = ck_copy_aux_files(out, ck_model_dir(j->m), skip, CK_ARRAY_SIZE(skip), d) < 0 ? d->status : 0;
-	if (!rc) {
-		rc = ck_out_commit(out, d);
-		out = NULL;
-	}
-	ck_out_abort(out);
-	ck_stw_free(w);
+	rc = ck_job_write(&jo, plan, j->n, d);
 	free(plan);
 	j->o->tensors = j->n;
 	return rc;

@@ -1314,12 +1314,6 @@ const struct ck_tok_kv *ck_tok_cosmetic(const struct ck_tok *t, size_t i)
 
 /* ==== weights ==== */
 
-static bool ends_with(const char *s, const char *suf)
-{
-	size_t n = strlen(s), m = strlen(suf);
-	return n >= m && !strcmp(s + n - m, suf);
-}
-
 int ck_tok_embed_rows(const struct ck_model *m, uint64_t *rows, const char **name)
 {
 	const struct ck_tensor *emb = NULL, *head = NULL;
@@ -1331,9 +1325,9 @@ int ck_tok_embed_rows(const struct ck_model *m, uint64_t *rows, const char **nam
 		const struct ck_tensor *t = ck_model_tensor(m, i);
 		if (t->ndim != 2 || strstr(t->name, "lora_"))
 			continue;
-		if (!emb && strstr(t->name, "embed_tokens") && ends_with(t->name, ".weight"))
+		if (!emb && strstr(t->name, "embed_tokens") && ck_ends_with(t->name, ".weight"))
 			emb = t;
-		else if (!head && strstr(t->name, "lm_head") && ends_with(t->name, ".weight"))
+		else if (!head && strstr(t->name, "lm_head") && ck_ends_with(t->name, ".weight"))
 			head = t;
 	}
 	if (!emb)

@@ -1,0 +1,84 @@
+/*
+ * job.c - the output side every checkpoint-writing tool shares (see job.h).
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "job.h"
+
+bool ck_job_to_file(const char *dst)
+{
+	return ck_ends_with(dst, ".safetensors");
+}
+
+int ck_job_write(const struct ck_job_out *jo, const struct ck_stw_tensor *plan, size_t n,
+		 struct ck_diag *d)
+{
+	int to_file = ck_job_to_file(jo->dst);
+	struct ck_out *out = NULL;
+	struct ck_stw *w = NULL;
+	const char *const *mk = NULL, *const *mv = NULL;
+	size_t nmeta = 0;
+	int rc;
+
+	rc = ck_out_begin(&out, to_file ? CK_OUT_FILE : CK_OUT_DIR, jo->dst, jo->force, jo->inputs,
+			  jo->ninputs, d);
+	if (rc)
+		goto out;
+	if (jo->meta)
+		nmeta = ck_model_meta(jo->meta, 0, &mk, &mv);
+	rc = ck_stw_plan(&w, out, plan, n, to_file ? 0 : jo->shard_size, mk, mv, nmeta, d);
+	for (size_t k = 0; !rc && k < ck_stw_count(w); k++)
+		rc = jo->write(jo->ctx, w, ck_stw_tensor(w, k), d);
+	if (!rc)
+		rc = ck_stw_finish(w, d);
+	if (!rc && !to_file && jo->config)
+		rc = jo->config(jo->ctx, out, d);
+	if (!rc && !to_file && jo->aux && ck_model_kind(jo->aux) == CK_MODEL_FOLDER &&
+	    ck_copy_aux_files(out, ck_model_dir(jo->aux), jo->skip, jo->nskip, d) < 0)
+		rc = d->status;
+	if (!rc) {
+		rc = ck_out_commit(out, d);
+		out = NULL;
+	}
+out:
+	ck_out_abort(out);
+	ck_stw_free(w);
+	return rc;
+}
+
+int ck_job_copy(struct ck_stw *w, const struct ck_model *m, const struct ck_tensor *t,
+		struct ck_diag *d)
+{
+	return ck_stw_copy_fd(w, ck_model_file_fd(m, t->file), t->offset, t->nbytes, d);
+}
+
+int ck_job_convert(struct ck_stw *w, const struct ck_tensor *t, enum ck_dtype to, struct ck_diag *d)
+{
+	enum { CHUNK = 1 << 20 };	/* elements */
+	size_t in_sz = ck_dtype_bits(t->dtype) / 8, out_sz = ck_dtype_bits(to) / 8;
+	void *buf = ck_mallocarray(CHUNK, out_sz);
+	int rc = 0;
+
+	if (!buf)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (uint64_t i = 0; i < t->nelem && !rc; i += CHUNK) {
+		size_t n = t->nelem - i < CHUNK ? (size_t)(t->nelem - i) : CHUNK;
+		const uint8_t *src = t->data + i * in_sz;
+		ck_convert(t->dtype, src, to, buf, n);
+		rc = ck_stw_write(w, buf, n * out_sz, d);
+		ck_model_done_range(src, n * in_sz);
+	}
+	free(buf);
+	return rc;
+}
+
+bool ck_job_selected(const char *const *filters, size_t nf, const char *const *excludes, size_t ne,
+		     const char *name)
+{
+	bool in = !nf;
+	for (size_t i = 0; i < nf && !in; i++)
+		in = ck_glob(filters[i], name);
+	for (size_t i = 0; i < ne && in; i++)
+		in = !ck_glob(excludes[i], name);
+	return in;
+}
