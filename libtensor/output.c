@@ -254,9 +254,34 @@ static int is_within(const char *a, const char *b)
 	return !strncmp(ra, rb, n) && (ra[n] == 0 || ra[n] == '/' || (n == 1 && rb[0] == '/'));
 }
 
-static int check_inputs(const char *final, const char *const *inputs, size_t n, struct ck_diag *d)
+/*
+ * A folder output inside an input folder is refused too: the next run would
+ * read it as part of its input.  A new file there (model/model.gguf) is fine;
+ * replacing an existing one is not (check_inputs).
+ */
+static int check_inside(const char *final, const char *const *inputs, size_t n,
+			struct ck_diag *d)
+{
+	struct stat si;
+	char *dir = dir_of(final);
+	int rc = 0;
+
+	if (!dir)
+		return ck_fail(d, CK_ENOMEM, "out of memory");
+	for (size_t i = 0; i < n && !rc; i++)
+		if (stat(inputs[i], &si) == 0 && S_ISDIR(si.st_mode) && is_within(dir, inputs[i]))
+			rc = ck_fail(d, CK_EUSAGE, "'%s': output folder is inside the input '%s'",
+				     final, inputs[i]);
+	free(dir);
+	return rc;
+}
+
+static int check_inputs(const char *final, enum ck_out_kind kind, const char *const *inputs,
+			size_t n, struct ck_diag *d)
 {
 	struct stat so, si;
+	if (kind == CK_OUT_DIR)
+		CK_TRY(check_inside(final, inputs, n, d));
 	if (stat(final, &so) < 0)
 		return 0;
 	for (size_t i = 0; i < n; i++) {
@@ -267,6 +292,10 @@ static int check_inputs(const char *final, const char *const *inputs, size_t n, 
 		if (S_ISDIR(so.st_mode) && is_within(inputs[i], final))
 			return ck_fail(d, CK_EUSAGE, "'%s': output folder holds the input '%s'", final,
 				       inputs[i]);
+		/* Not even with --force: it may be a shard or the config we read. */
+		if (S_ISDIR(si.st_mode) && is_within(final, inputs[i]))
+			return ck_fail(d, CK_EUSAGE, "'%s': output would replace a file of the input '%s'",
+				       final, inputs[i]);
 	}
 	return 0;
 }
@@ -276,13 +305,14 @@ int ck_out_begin(struct ck_out **out, enum ck_out_kind kind, const char *final_p
 {
 	struct ck_out *o;
 	struct stat st;
+	sigset_t old;
 	char *base = NULL;
-	int rc;
+	int rc, blocked = 0;
 
 	*out = NULL;
 	if (!final_path || !*final_path)
 		return ck_fail(d, CK_EUSAGE, "empty output path");
-	CK_TRY(check_inputs(final_path, inputs, n_inputs, d));
+	CK_TRY(check_inputs(final_path, kind, inputs, n_inputs, d));
 	if (lstat(final_path, &st) == 0) {
 		if (!force)
 			return ck_fail(d, CK_EUSAGE, "'%s': output exists (use --force to replace it)",
@@ -313,6 +343,12 @@ int ck_out_begin(struct ck_out **out, enum ck_out_kind kind, const char *final_p
 		goto fail;
 	}
 	snprintf(o->tmp, len, "%s/.%s.ckpt-tmp.XXXXXX", o->dir, base);
+	/*
+	 * No signal between creating the temporary and registering it, or the
+	 * handler would not know to remove it.  Only the main thread runs here.
+	 */
+	block_signals(&old);
+	blocked = 1;
 	if (kind == CK_OUT_DIR) {
 		if (!mkdtemp(o->tmp)) {
 			rc = ck_fail(d, CK_EIO, "'%s': cannot create a folder in '%s': %s", final_path,
@@ -345,10 +381,13 @@ int ck_out_begin(struct ck_out **out, enum ck_out_kind kind, const char *final_p
 		rc = ck_fail(d, CK_ENOMEM, "too many temporary files");
 		goto fail;
 	}
+	sigprocmask(SIG_SETMASK, &old, NULL);
 	free(base);
 	*out = o;
 	return 0;
 fail:
+	if (blocked)
+		sigprocmask(SIG_SETMASK, &old, NULL);
 	free(base);
 	if (o) {
 		if (o->files && o->files[0].fd > 0)
@@ -379,6 +418,7 @@ enum ck_out_kind ck_out_kind(const struct ck_out *o)
 
 int ck_out_open(struct ck_out *o, const char *relname, int *fd, struct ck_diag *d)
 {
+	sigset_t old;
 	char *path;
 	size_t len;
 
@@ -401,9 +441,11 @@ int ck_out_open(struct ck_out *o, const char *relname, int *fd, struct ck_diag *
 	if (!path)
 		return ck_fail(d, CK_ENOMEM, "out of memory");
 	snprintf(path, len, "%s/%s", o->tmp, relname);
+	block_signals(&old);	/* as in ck_out_begin: create and register as one */
 	*fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
 	if (*fd < 0) {
 		int e = errno;
+		sigprocmask(SIG_SETMASK, &old, NULL);
 		free(path);
 		return ck_fail(d, CK_EIO, "'%s/%s': cannot create: %s", o->final, relname,
 			       strerror(e));
@@ -411,9 +453,11 @@ int ck_out_open(struct ck_out *o, const char *relname, int *fd, struct ck_diag *
 	if (temp_register(path) < 0) {
 		close(*fd);
 		unlink(path);
+		sigprocmask(SIG_SETMASK, &old, NULL);
 		free(path);
 		return ck_fail(d, CK_ENOMEM, "too many temporary files");
 	}
+	sigprocmask(SIG_SETMASK, &old, NULL);
 	o->files[o->nfiles].path = path;
 	o->files[o->nfiles].fd = *fd;
 	o->nfiles++;
@@ -523,10 +567,47 @@ static int sync_dir(const char *dir)
 	return 0;
 }
 
+/*
+ * Move the finished temporary into place (an existing folder first moved
+ * aside, then removed).  Called with the handled signals blocked: a signal
+ * between the two renames would leave neither output under the final name.
+ */
+static int swap_in(struct ck_out *o, struct ck_diag *d)
+{
+	struct stat st;
+	int rc;
+
+	if (o->kind == CK_OUT_DIR && lstat(o->final, &st) == 0) {
+		/* Replace an existing folder: move it aside, move ours in, then remove the old one. */
+		size_t len = strlen(o->final) + 32;
+		char *old = ck_malloc(len);
+		if (!old)
+			return ck_fail(d, CK_ENOMEM, "out of memory");
+		snprintf(old, len, "%s.ckpt-old.%ld", o->final, (long)getpid());
+		if (rename(o->final, old) < 0) {
+			rc = ck_fail(d, CK_EIO, "'%s': cannot move the old output aside: %s", o->final,
+				     strerror(errno));
+			free(old);
+			return rc;
+		}
+		if (rename(o->tmp, o->final) < 0) {
+			rc = ck_fail(d, CK_EIO, "'%s': rename failed: %s", o->final, strerror(errno));
+			rename(old, o->final);
+			free(old);
+			return rc;
+		}
+		remove_tree(old);
+		free(old);
+	} else if (rename(o->tmp, o->final) < 0) {
+		return ck_fail(d, CK_EIO, "'%s': rename failed: %s", o->final, strerror(errno));
+	}
+	return 0;
+}
+
 int ck_out_commit(struct ck_out *o, struct ck_diag *d)
 {
 	mode_t mask = umask(0);
-	struct stat st;
+	sigset_t old;
 	int rc = 0;
 
 	umask(mask);
@@ -554,40 +635,18 @@ int ck_out_commit(struct ck_out *o, struct ck_diag *d)
 		chmod(o->tmp, 0777 & ~mask);
 		sync_dir(o->tmp);
 	}
-	if (o->kind == CK_OUT_DIR && lstat(o->final, &st) == 0) {
-		/* Replace an existing folder: move it aside, move ours in, then remove the old one. */
-		size_t len = strlen(o->final) + 32;
-		char *old = ck_malloc(len);
-		if (!old) {
-			ck_out_abort(o);
-			return ck_fail(d, CK_ENOMEM, "out of memory");
-		}
-		snprintf(old, len, "%s.ckpt-old.%ld", o->final, (long)getpid());
-		if (rename(o->final, old) < 0) {
-			rc = ck_fail(d, CK_EIO, "'%s': cannot move the old output aside: %s", o->final,
-				     strerror(errno));
-			free(old);
-			ck_out_abort(o);
-			return rc;
-		}
-		if (rename(o->tmp, o->final) < 0) {
-			rc = ck_fail(d, CK_EIO, "'%s': rename failed: %s", o->final, strerror(errno));
-			rename(old, o->final);
-			free(old);
-			ck_out_abort(o);
-			return rc;
-		}
-		remove_tree(old);
-		free(old);
-	} else if (rename(o->tmp, o->final) < 0) {
-		rc = ck_fail(d, CK_EIO, "'%s': rename failed: %s", o->final, strerror(errno));
+	block_signals(&old);
+	rc = swap_in(o, d);
+	if (rc) {
 		ck_out_abort(o);
+		sigprocmask(SIG_SETMASK, &old, NULL);
 		return rc;
 	}
 	for (size_t i = 0; i < o->nfiles; i++)
 		if (o->files[i].path)
 			temp_forget(o->files[i].path);
 	temp_forget(o->tmp);
+	sigprocmask(SIG_SETMASK, &old, NULL);
 	sync_dir(o->dir);
 	out_free(o);
 	return 0;
