@@ -11,6 +11,7 @@
 #include <cjson/cJSON.h>
 #include "ckpt.h"
 #include "../libtensor/files.h"
+#include "../libtensor/job.h"
 #include "../libtensor/model.h"
 #include "../libtensor/output.h"
 #include "../libtensor/stwriter.h"
@@ -200,26 +201,6 @@ static char *report_json(const struct ck_lora_plan *p, const char *base, const c
 	return s;
 }
 
-static int write_config(struct ck_out *out, const char *dir, struct ck_diag *d)
-{
-	size_t n = strlen(dir) + 16, len;
-	char *path = ck_malloc(n), *src = NULL, *dst = NULL;
-	int rc;
-
-	if (!path)
-		return ck_fail(d, CK_ENOMEM, "out of memory");
-	snprintf(path, n, "%s/config.json", dir);
-	rc = ck_read_file(path, CONFIG_MAX, &src, &len, d);
-	if (!rc)
-		rc = ck_json_drop_key(src, len, "quantization_config", &dst, d);
-	if (!rc)
-		rc = ck_out_write_file(out, "config.json", dst, strlen(dst), d);
-	free(path);
-	free(src);
-	free(dst);
-	return rc;
-}
-
 static enum ck_dtype dtype_of(const char *s)
 {
 	if (!s)
@@ -311,7 +292,8 @@ int cmd_merge_lora(int argc, char **argv)
 		const char *skip[] = { "merge-report.json", "config.json" };
 		int dequant = plan->nmxfp4 || plan->nbnb;
 		/* MXFP4 experts / bnb weights came out dequantized: the config loses quantization_config. */
-		if (dequant && (rc = write_config(out, ck_model_dir(base), &d)))
+		if (dequant && (rc = ck_job_edit_config(out, ck_model_dir(base), "quantization_config", NULL,
+							CK_JSON_AT_END, 0, &d)))
 			goto fail;
 		if ((rc = ck_copy_aux_files(out, ck_model_dir(base), skip, dequant ? 2 : 1, &d)) < 0)
 			goto fail;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include "files.h"
 #include "gptoss.h"
+#include "jsonedit.h"
 
 #define L "model.layers.{L}."
 #define B "block.{L}."
@@ -542,181 +543,6 @@ static cJSON *hf_from_original(const struct ck_gptoss_config *c, int mxfp4)
 	return o;
 }
 
-/* ---- editing a HF config.json as text, so every other byte stays as transformers wrote it ---- */
-
-static const char *skip_ws(const char *p, const char *end)
-{
-	while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
-		p++;
-	return p;
-}
-
-/* The end of the JSON value at p (the text is known to parse). */
-static const char *skip_value(const char *p, const char *end)
-{
-	int depth = 0;
-
-	do {
-		if (p >= end)
-			return end;
-		if (*p == '"') {
-			for (p++; p < end && *p != '"'; p++)
-				if (*p == '\\')
-					p++;
-			p++;
-		} else if (*p == '{' || *p == '[') {
-			depth++;
-			p++;
-		} else if (*p == '}' || *p == ']') {
-			depth--;
-			p++;
-		} else if (depth) {
-			p++;
-		} else {
-			while (p < end && !strchr(",}] \t\r\n", *p))
-				p++;
-		}
-	} while (depth > 0);
-	return p;
-}
-
-/*
- * OpenAI's quantization_config laid out like the file around it: when the
- * members sit on their own lines indented by u, nested levels get 2u and
- * 3u, as Python's json.dumps(indent=...) (save_pretrained) writes them.
- */
-static void quant_config_text(const char *ws, size_t wslen, char *buf, size_t cap)
-{
-	static const char *const keep[] = { "model.layers.*.self_attn", "model.layers.*.mlp.router",
-					    "model.embed_tokens", "lm_head" };
-	const char *nl = NULL;
-	size_t o, u;
-
-	for (size_t i = 0; i < wslen; i++)
-		if (ws[i] == '\n')
-			nl = ws + i;
-	u = nl ? wslen - (size_t)(nl + 1 - ws) : 0;
-	for (size_t i = 0; nl && i < u; i++)
-		if (nl[1 + i] != ' ')
-			nl = NULL;
-	if (!nl || !u || u > 16) {
-		snprintf(buf, cap, "%s", mx_quant_config);
-		return;
-	}
-	o = (size_t)snprintf(buf, cap, "{\n%*s\"modules_to_not_convert\": [", (int)(2 * u), "");
-	for (size_t i = 0; i < CK_ARRAY_SIZE(keep) && o < cap; i++)
-		o += (size_t)snprintf(buf + o, cap - o, "%s\n%*s\"%s\"", i ? "," : "", (int)(3 * u), "", keep[i]);
-	if (o < cap)
-		snprintf(buf + o, cap - o, "\n%*s],\n%*s\"quant_method\": \"mxfp4\"\n%*s}", (int)(2 * u), "",
-			 (int)(2 * u), "", (int)u, "");
-}
-
-struct member {
-	const char *key, *end;	/* the opening quote of the key; the end of the value */
-	size_t klen;
-};
-
-/* The members of the top-level object of src (at most cap); returns their number or -1. */
-static int members(const char *src, size_t len, struct member *m, int cap)
-{
-	const char *p = src, *end = src + len;
-	int n = 0;
-
-	p = skip_ws(p, end);
-	if (p >= end || *p++ != '{')
-		return -1;
-	for (;;) {
-		p = skip_ws(p, end);
-		if (p < end && *p == '}')
-			return n;
-		if (p >= end || *p != '"' || n == cap)
-			return -1;
-		m[n].key = p;
-		p = skip_value(p, end);
-		m[n].klen = (size_t)(p - m[n].key);
-		p = skip_ws(p, end);
-		if (p >= end || *p++ != ':')
-			return -1;
-		p = skip_value(skip_ws(p, end), end);
-		m[n++].end = p;
-		p = skip_ws(p, end);
-		if (p < end && *p == ',')
-			p++;
-	}
-}
-
-static int key_is(const struct member *m, const char *k)
-{
-	return m->klen == strlen(k) + 2 && !memcmp(m->key + 1, k, m->klen - 2);
-}
-
-static int key_after(const struct member *m, const char *k)
-{
-	size_t n = strlen(k), kl = m->klen - 2;
-	int c = memcmp(m->key + 1, k, kl < n ? kl : n);
-	return c > 0 || (c == 0 && kl > n);
-}
-
-/* src without its quantization_config, and with OpenAI's one at its sorted place when mxfp4. */
-static char *edit_hf(const char *src, size_t len, int mxfp4)
-{
-	enum { CAP = 512 };
-	struct member *m = ck_calloc(CAP, sizeof(*m));
-	size_t cut0 = 0, cut1 = 0, cap;
-	const char *ws = "\n  ";
-	size_t wslen = 3;
-	int n, at = -1, first_after = -1, last = -1;
-	char *out = NULL, *o, qc[1024];
-
-	if (!m || (n = members(src, len, m, CAP)) < 0)
-		goto done;
-	for (int i = 0; i < n; i++)
-		if (key_is(&m[i], "quantization_config"))
-			at = i;
-	if (at >= 0) {
-		/* from this key to the next one, or from the previous value's end to this one's */
-		cut0 = at + 1 < n ? (size_t)(m[at].key - src) : at ? (size_t)(m[at - 1].end - src)
-								 : (size_t)(m[at].key - src);
-		cut1 = at + 1 < n ? (size_t)(m[at + 1].key - src) : (size_t)(m[at].end - src);
-	}
-	for (int i = 0; i < n && first_after < 0; i++)
-		if (i != at && key_after(&m[i], "quantization_config"))
-			first_after = i;
-	if (n > 1) {
-		/* the whitespace between members, as the file has it */
-		const char *a = m[1].key;
-		const char *b = memchr(m[0].end, ',', (size_t)(a - m[0].end));
-		if (b) {
-			ws = b + 1;
-			wslen = (size_t)(a - ws);
-		}
-	}
-	for (int i = 0; i < n; i++)
-		if (i != at)
-			last = i;
-	quant_config_text(ws, wslen, qc, sizeof(qc));
-	cap = len + strlen(qc) + wslen + 64;
-	out = o = ck_malloc(cap);
-	if (!out)
-		goto done;
-	for (size_t i = 0; i <= len; i++) {
-		const char *p = src + i;
-		if (mxfp4 && first_after >= 0 && p == m[first_after].key)
-			o += sprintf(o, "\"quantization_config\": %s,%.*s", qc, (int)wslen, ws);
-		if (mxfp4 && first_after < 0 && last >= 0 && p == m[last].end)
-			o += sprintf(o, ",%.*s\"quantization_config\": %s", (int)wslen, ws, qc);
-		if (i == len)
-			break;
-		if (at >= 0 && i >= cut0 && i < cut1)
-			continue;
-		*o++ = src[i];
-	}
-	*o = 0;
-done:
-	free(m);
-	return out;
-}
-
 int ck_gptoss_config_hf_json(const char *src, size_t len, const char *path, int mxfp4, char **out,
 			     struct ck_diag *d)
 {
@@ -726,10 +552,13 @@ int ck_gptoss_config_hf_json(const char *src, size_t len, const char *path, int 
 	*out = NULL;
 	CK_TRY(ck_gptoss_config_parse(src, len, path, &c, d));
 	if (!c.original) {
-		*out = edit_hf(src, len, mxfp4);
-		if (!*out)
-			return ck_fail(d, CK_EINVAL, "'%s': cannot edit this config.json", path);
-		return 0;
+		/* kept as is, key order too; quantization_config at its sorted place */
+		size_t n;
+		int rc = ck_json_set_key(src, len, "quantization_config", mxfp4 ? mx_quant_config : NULL,
+					 CK_JSON_AT_SORTED, out, &n, d);
+		if (rc)
+			ck_diag_prefix(d, "'%s'", path);
+		return rc;
 	}
 	root = hf_from_original(&c, mxfp4);
 	*out = root ? cJSON_Print(root) : NULL;

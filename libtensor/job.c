@@ -1,6 +1,7 @@
 /*
  * job.c - the output side every checkpoint-writing tool shares (see job.h).
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "job.h"
@@ -81,4 +82,26 @@ bool ck_job_selected(const char *const *filters, size_t nf, const char *const *e
 	for (size_t i = 0; i < ne && in; i++)
 		in = !ck_glob(excludes[i], name);
 	return in;
+}
+
+int ck_job_edit_config(struct ck_out *out, const char *dir, const char *key, const char *value,
+		       enum ck_json_at at, int optional, struct ck_diag *d)
+{
+	char path[4096], *text = NULL, *res = NULL;
+	size_t len, rlen;
+	int rc;
+
+	if ((size_t)snprintf(path, sizeof(path), "%s/config.json", dir) >= sizeof(path))
+		return ck_fail(d, CK_EINVAL, "'%s': path too long", dir);
+	rc = ck_read_file(path, 16 << 20, &text, &len, d);
+	if (rc)
+		return optional && d->status == CK_EINVAL ? 0 : rc;
+	rc = ck_json_set_key(text, len, key, value, at, &res, &rlen, d);
+	if (!rc)
+		rc = ck_out_write_file(out, "config.json", res, rlen, d);
+	else
+		ck_diag_prefix(d, "'%s'", path);
+	free(res);
+	free(text);
+	return rc;
 }

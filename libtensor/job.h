@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include "ck.h"
 #include "files.h"
+#include "jsonedit.h"
 #include "model.h"
 #include "output.h"
 #include "stwriter.h"
@@ -48,6 +49,14 @@ int ck_job_copy(struct ck_stw *w, const struct ck_model *m, const struct ck_tens
 
 /* Float tensor t converted to `to` a chunk at a time; read pages dropped. */
 int ck_job_convert(struct ck_stw *w, const struct ck_tensor *t, enum ck_dtype to, struct ck_diag *d);
+
+/*
+ * Write into out the config.json of dir with its top-level member key
+ * removed (value NULL) or set (ck_json_set_key), every other byte kept.
+ * With optional, a dir without a readable config.json writes nothing.
+ */
+int ck_job_edit_config(struct ck_out *out, const char *dir, const char *key, const char *value,
+		       enum ck_json_at at, int optional, struct ck_diag *d);
 
 /* Kept by --filter GLOB... (none: all) and not dropped by --exclude GLOB...? */
 bool ck_job_selected(const char *const *filters, size_t nf, const char *const *excludes, size_t ne,

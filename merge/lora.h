@@ -184,15 +184,6 @@ void ck_lora_plan_free(struct ck_lora_plan *p);
 int ck_lora_write(struct ck_lora_plan *p, const struct ck_model *base, struct ck_out *o,
 		  uint64_t shard_size, enum ck_dtype out_dtype, int jobs, struct ck_diag *d);
 
-/*
- * Remove the top-level member key from the JSON object text src[0..len)
- * and keep every other byte as it is (transformers' strict config classes
- * refuse 7 where the file said 7.0, so a re-serialization will not do).
- * *out is a new NUL-terminated string; a missing key copies src.  Returns 0,
- * CK_EINVAL for text that is not a JSON object, or CK_ENOMEM.
- */
-int ck_json_drop_key(const char *src, size_t len, const char *key, char **out, struct ck_diag *d);
-
 const char *ck_lora_op_name(enum ck_lora_op op);
 const char *ck_moe_layout_name(enum ck_moe_layout l);
 

@@ -245,15 +245,6 @@ void ck_bnb_group_absmax(const struct ck_bnb_group *g, uint64_t b0, uint64_t nb,
 int ck_bnb_group_dequant(const struct ck_bnb_group *g, uint64_t first, uint64_t count, enum ck_dtype to,
 			 void *dst, int nthreads, struct ck_diag *d);
 
-/*
- * config.json (text[0..len)) with its top-level "quantization_config" member
- * removed (qc NULL) or replaced by the JSON text qc, appended last.  The rest
- * of the text is kept byte for byte: transformers' strict config classes
- * refuse a 7.0 reprinted as 7.  *out is a new buffer the caller frees.
- */
-int ck_bnb_config_rewrite(const char *text, size_t len, const char *qc, char **out, size_t *outlen,
-			  struct ck_diag *d);
-
 /* ---- whole checkpoints: the jobs of dequant-nf4 and quant-bnb ------------- */
 
 /*

@@ -394,24 +394,11 @@ static int write_item(void *ctx, struct ck_stw *w, const struct ck_stw_tensor *p
 static int write_config(void *ctx, struct ck_out *out, struct ck_diag *d)
 {
 	const struct dq_run *r = ctx;
-	char path[4096], *text = NULL, *res = NULL;
-	size_t len, rlen;
-	int rc;
 
 	if (ck_model_kind(r->m) != CK_MODEL_FOLDER)
 		return 0;
-	snprintf(path, sizeof(path), "%s/config.json", ck_model_dir(r->m));
-	rc = ck_read_file(path, 16 << 20, &text, &len, d);
-	if (rc)
-		return d->status == CK_EINVAL ? 0 : rc;	/* no config.json: nothing to fix */
-	rc = ck_bnb_config_rewrite(text, len, NULL, &res, &rlen, d);
-	if (!rc)
-		rc = ck_out_write_file(out, "config.json", res, rlen, d);
-	else
-		ck_diag_prefix(d, "'%s'", path);
-	free(res);
-	free(text);
-	return rc;
+	return ck_job_edit_config(out, ck_model_dir(r->m), "quantization_config", NULL, CK_JSON_AT_END,
+				  1, d);
 }
 
 static int has_per_expert(const struct ck_model *m)

@@ -498,29 +498,24 @@ static int put(char **b, size_t *n, size_t *cap, const char *s)
 
 /*
  * quantization_config as transformers writes it (BitsAndBytesConfig.to_dict,
- * json.dumps indent=2 sort_keys=True, nested one level), into config.json
- * whose other text is kept as it is.
+ * sorted keys), appended to config.json whose other text is kept as it is.
  */
 static int write_config(void *ctx, struct ck_out *out, struct ck_diag *d)
 {
 	const struct qb_run *r = ctx;
-	char path[4096], line[1200], *text = NULL, *res = NULL, *qc = NULL;
-	size_t len, rlen, qn = 0, qcap = 0;
+	char line[1200], *qc = NULL;
+	size_t qn = 0, qcap = 0;
 	const char *cd = r->compute == CK_DT_F16 ? "float16" : r->compute == CK_DT_F32 ? "float32" :
 			 "bfloat16";
 	int rc, bad = 0;
 
 	if (ck_model_kind(r->m) != CK_MODEL_FOLDER)
 		return 0;
-	snprintf(path, sizeof(path), "%s/config.json", ck_model_dir(r->m));
-	rc = ck_read_file(path, 16 << 20, &text, &len, d);
-	if (rc)
-		return d->status == CK_EINVAL ? 0 : rc;
-	snprintf(line, sizeof(line), "{\n    \"_load_in_4bit\": true,\n    \"_load_in_8bit\": false,\n"
-		 "    \"bnb_4bit_compute_dtype\": \"%s\",\n    \"bnb_4bit_quant_storage\": \"uint8\",\n"
-		 "    \"bnb_4bit_quant_type\": \"%s\",\n    \"bnb_4bit_use_double_quant\": %s,\n"
-		 "    \"llm_int8_enable_fp32_cpu_offload\": false,\n"
-		 "    \"llm_int8_has_fp16_weight\": false,\n    \"llm_int8_skip_modules\": %s",
+	snprintf(line, sizeof(line), "{\"_load_in_4bit\": true, \"_load_in_8bit\": false, "
+		 "\"bnb_4bit_compute_dtype\": \"%s\", \"bnb_4bit_quant_storage\": \"uint8\", "
+		 "\"bnb_4bit_quant_type\": \"%s\", \"bnb_4bit_use_double_quant\": %s, "
+		 "\"llm_int8_enable_fp32_cpu_offload\": false, "
+		 "\"llm_int8_has_fp16_weight\": false, \"llm_int8_skip_modules\": %s",
 		 cd, ck_bnb_type_name(r->type), r->o->double_quant ? "true" : "false",
 		 r->nskipped ? "[" : "null");
 	bad |= put(&qc, &qn, &qcap, line);
@@ -530,28 +525,20 @@ static int write_config(void *ctx, struct ck_out *out, struct ck_diag *d)
 		ck_escape(r->skipped[i], strlen(r->skipped[i]), esc, sizeof(esc));
 		if (strchr(esc, '"') || strchr(esc, '\\')) {
 			free(qc);
-			free(text);
 			return ck_fail(d, CK_EUNSUPPORTED, "module name '%s' needs JSON escaping", esc);
 		}
-		snprintf(line, sizeof(line), "%s\n      \"%s\"", i ? "," : "", esc);
+		snprintf(line, sizeof(line), "%s\"%s\"", i ? ", " : "", esc);
 		bad |= put(&qc, &qn, &qcap, line);
 	}
-	bad |= put(&qc, &qn, &qcap, r->nskipped ? "\n    ],\n" : ",\n");
-	bad |= put(&qc, &qn, &qcap, "    \"llm_int8_threshold\": 6.0,\n    \"load_in_4bit\": true,\n"
-		   "    \"load_in_8bit\": false,\n    \"quant_method\": \"bitsandbytes\"\n  }");
+	bad |= put(&qc, &qn, &qcap, r->nskipped ? "], " : ", ");
+	bad |= put(&qc, &qn, &qcap, "\"llm_int8_threshold\": 6.0, \"load_in_4bit\": true, "
+		   "\"load_in_8bit\": false, \"quant_method\": \"bitsandbytes\"}");
 	if (bad) {
 		free(qc);
-		free(text);
 		return ck_fail(d, CK_ENOMEM, "out of memory");
 	}
-	rc = ck_bnb_config_rewrite(text, len, qc, &res, &rlen, d);
-	if (!rc)
-		rc = ck_out_write_file(out, "config.json", res, rlen, d);
-	else
-		ck_diag_prefix(d, "'%s'", path);
-	free(res);
+	rc = ck_job_edit_config(out, ck_model_dir(r->m), "quantization_config", qc, CK_JSON_AT_END, 1, d);
 	free(qc);
-	free(text);
 	return rc;
 }
 

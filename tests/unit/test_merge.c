@@ -122,36 +122,8 @@ static void patterns_match_like_peft(void)
 	CHECK(hit == CK_EUNSUPPORTED);
 }
 
-static void drop_key_keeps_every_other_byte(void)
-{
-	static const struct {
-		const char *in, *out;
-	} cases[] = {
-		{ "{\"a\": 7.0, \"quantization_config\": {\"x\": [1, \"}\"]}, \"b\": 1}",
-		  "{\"a\": 7.0, \"b\": 1}" },
-		{ "{\n  \"a\": 7.0,\n  \"quantization_config\": {\"q\": 1}\n}", "{\n  \"a\": 7.0\n}" },
-		{ "{\"quantization_config\": null}", "{}" },
-		{ "{\"quantization_config\": 1, \"z\": \"q,}\"}", "{\"z\": \"q,}\"}" },
-		{ "{\"a\": {\"quantization_config\": 1}}", "{\"a\": {\"quantization_config\": 1}}" },
-	};
-	for (size_t i = 0; i < CK_ARRAY_SIZE(cases); i++) {
-		struct ck_diag d = CK_DIAG_INIT;
-		char *o = NULL;
-		CHECK(ck_json_drop_key(cases[i].in, strlen(cases[i].in), "quantization_config", &o, &d) == 0);
-		CHECK_STR(o, cases[i].out);
-		free(o);
-	}
-	{
-		struct ck_diag d = CK_DIAG_INIT;
-		char *o = NULL;
-		CHECK(ck_json_drop_key("[1]", 3, "quantization_config", &o, &d) == CK_EINVAL);
-		CHECK(o == NULL);
-	}
-}
-
 int main(void)
 {
-	RUN(drop_key_keeps_every_other_byte);
 	RUN(minimal_config_takes_peft_defaults);
 	RUN(config_fields_are_read);
 	RUN(refusals_say_why);
