@@ -36,176 +36,116 @@ struct hp {
 	float rope_base, rope_factor, beta_fast, beta_slow, eps;
 };
 
-static const cJSON *jget(const cJSON *o, const char *key)
+/* A count the GGUF stores as u32: given, positive, below 2^32. */
+static int u32_key(int64_t v, const char *key, const char *file, uint32_t *out, struct ck_diag *d)
 {
-	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-	return v && !cJSON_IsNull(v) ? v : NULL;
-}
-
-/* A positive integer that fits u32; *out keeps def when the key is absent and !required. */
-static int j_u32(const cJSON *o, const char *key, int required, const char *file, uint32_t *out,
-		 struct ck_diag *d)
-{
-	const cJSON *v = jget(o, key);
-	if (!v) {
-		if (required)
-			return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is missing", file, key);
-		return 0;
-	}
-	if (!cJSON_IsNumber(v) || !(v->valuedouble >= 1 && v->valuedouble <= UINT32_MAX) ||
-	    v->valuedouble != floor(v->valuedouble))
+	if (v == 0)
+		return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is missing", file, key);
+	if (v < 1 || v > UINT32_MAX)
 		return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is not a positive integer below 2^32",
 			       file, key);
-	*out = (uint32_t)v->valuedouble;
+	*out = (uint32_t)v;
 	return 0;
 }
 
-/* A finite positive float. */
-static int j_f32(const cJSON *o, const char *key, int required, const char *file, float *out,
-		 struct ck_diag *d)
+/* A positive float; def when absent (0) and def > 0, else required. */
+static int f32_key(double v, double def, const char *key, const char *file, float *out,
+		   struct ck_diag *d)
 {
-	const cJSON *v = jget(o, key);
-	if (!v) {
-		if (required)
-			return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is missing", file, key);
-		return 0;
-	}
-	if (!cJSON_IsNumber(v) || !(v->valuedouble > 0 && v->valuedouble < 3.0e38))
+	if (v == 0 && def > 0)
+		v = def;
+	if (v == 0)
+		return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is missing", file, key);
+	if (!(v > 0 && v < 3.0e38))
 		return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is not a positive number", file, key);
-	*out = (float)v->valuedouble;
+	*out = (float)v;
 	return 0;
 }
 
-static int hp_hf(const cJSON *c, const char *file, struct hp *h, struct ck_diag *d)
+/*
+ * The hyperparameters from the family parser (ck_gptoss_config_parse), with
+ * what llama.cpp's gpt-oss needs on top: every size given, YaRN the only
+ * rope scaling, sliding attention on even layers only (it hard-codes that).
+ */
+static int hp_from_config(const struct ck_gptoss_config *c, const char *file, struct hp *h,
+			  struct ck_diag *d)
 {
-	const cJSON *rope, *lt, *mt = jget(c, "model_type");
+	int orig = c->original;
 
-	if (!mt || !cJSON_IsString(mt) || strcmp(mt->valuestring, "gpt_oss"))
-		return ck_fail(d, CK_EUNSUPPORTED, "'%s': model_type '%s' is not gpt_oss (unknown architecture)",
-			       file, mt && cJSON_IsString(mt) ? mt->valuestring : "(none)");
-	CK_TRY(j_u32(c, "num_hidden_layers", 1, file, &h->n_layer, d));
-	CK_TRY(j_u32(c, "max_position_embeddings", 1, file, &h->n_ctx, d));
-	CK_TRY(j_u32(c, "hidden_size", 1, file, &h->n_embd, d));
-	CK_TRY(j_u32(c, "intermediate_size", 1, file, &h->n_ff, d));
-	CK_TRY(j_u32(c, "num_attention_heads", 1, file, &h->n_head, d));
-	CK_TRY(j_u32(c, "num_key_value_heads", 1, file, &h->n_head_kv, d));
-	CK_TRY(j_u32(c, "head_dim", 1, file, &h->head_dim, d));
-	CK_TRY(j_u32(c, "num_local_experts", 1, file, &h->n_expert, d));
-	if (jget(c, "num_experts_per_tok"))
-		CK_TRY(j_u32(c, "num_experts_per_tok", 1, file, &h->n_used, d));
-	else
-		CK_TRY(j_u32(c, "experts_per_token", 1, file, &h->n_used, d));
-	CK_TRY(j_u32(c, "sliding_window", 1, file, &h->swa, d));
-	CK_TRY(j_u32(c, "vocab_size", 0, file, &h->vocab, d));
-	CK_TRY(j_f32(c, "rms_norm_eps", 0, file, &h->eps, d));
-
-	/* v5 rope_parameters (rope_theta inside) or v4 rope_scaling + rope_theta. */
-	rope = jget(c, "rope_parameters");
-	if (!rope)
-		rope = jget(c, "rope_scaling");
-	if (rope && !cJSON_IsObject(rope))
-		return ck_fail(d, CK_EINVAL, "'%s': config key 'rope_parameters'/'rope_scaling' is not an object",
-			       file);
-	if (rope && jget(rope, "rope_theta"))
-		CK_TRY(j_f32(rope, "rope_theta", 1, file, &h->rope_base, d));
-	else
-		CK_TRY(j_f32(c, "rope_theta", 1, file, &h->rope_base, d));
-	if (rope && (jget(rope, "factor") || jget(rope, "rope_type") || jget(rope, "type"))) {
-		const cJSON *ty = jget(rope, "rope_type");
-		if (!ty)
-			ty = jget(rope, "type");
-		if (!ty || !cJSON_IsString(ty) || strcmp(ty->valuestring, "yarn"))
-			return ck_fail(d, CK_EUNSUPPORTED, "'%s': rope type '%s' is not yarn", file,
-				       ty && cJSON_IsString(ty) ? ty->valuestring : "(none)");
+	if (!orig && strcmp(c->model_type, "gpt_oss"))	/* the parser refused any other type */
+		return ck_fail(d, CK_EUNSUPPORTED, "'%s': model_type '(none)' is not gpt_oss (unknown "
+			       "architecture)", file);
+	h->original = orig;
+	CK_TRY(u32_key(c->layers, "num_hidden_layers", file, &h->n_layer, d));
+	CK_TRY(u32_key(c->hidden, "hidden_size", file, &h->n_embd, d));
+	CK_TRY(u32_key(c->intermediate, "intermediate_size", file, &h->n_ff, d));
+	CK_TRY(u32_key(c->heads, "num_attention_heads", file, &h->n_head, d));
+	CK_TRY(u32_key(c->kv_heads, "num_key_value_heads", file, &h->n_head_kv, d));
+	CK_TRY(u32_key(c->head_dim, "head_dim", file, &h->head_dim, d));
+	CK_TRY(u32_key(c->experts, orig ? "num_experts" : "num_local_experts", file, &h->n_expert, d));
+	CK_TRY(u32_key(c->experts_per_tok, orig ? "experts_per_token" : "num_experts_per_tok", file,
+		       &h->n_used, d));
+	CK_TRY(u32_key(c->sliding_window, "sliding_window", file, &h->swa, d));
+	CK_TRY(u32_key(c->vocab, "vocab_size", file, &h->vocab, d));
+	CK_TRY(f32_key(c->rms_eps, 1e-5, "rms_norm_eps", file, &h->eps, d));
+	if (!c->rope_theta_given)
+		return ck_fail(d, CK_EINVAL, "'%s': config key 'rope_theta' is missing", file);
+	CK_TRY(f32_key(c->rope_theta, 0, "rope_theta", file, &h->rope_base, d));
+	if (orig) {
+		uint32_t init_ctx = 0;
+		uint64_t ctx;
+		CK_TRY(u32_key(c->initial_context, "initial_context_length", file, &init_ctx, d));
+		CK_TRY(f32_key(c->rope_factor, 0, "rope_scaling_factor", file, &h->rope_factor, d));
+		/* The HF export sets max_position_embeddings = factor * initial_context_length. */
+		ctx = (uint64_t)((double)h->rope_factor * init_ctx);
+		if (ctx < 1 || ctx > UINT32_MAX)
+			return ck_fail(d, CK_EINVAL, "'%s': rope_scaling_factor * initial_context_length is "
+				       "out of range", file);
+		h->n_ctx = (uint32_t)ctx;
+		h->orig_ctx = init_ctx;
 		h->yarn = 1;
-		CK_TRY(j_f32(rope, "factor", 1, file, &h->rope_factor, d));
-		CK_TRY(j_u32(rope, "original_max_position_embeddings", 1, file, &h->orig_ctx, d));
-		CK_TRY(j_f32(rope, "beta_fast", 0, file, &h->beta_fast, d));
-		CK_TRY(j_f32(rope, "beta_slow", 0, file, &h->beta_slow, d));
-	}
-
-	/* llama.cpp hard-codes sliding attention on even layers: refuse anything else. */
-	lt = jget(c, "layer_types");
-	if (lt) {
-		if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != (int)h->n_layer)
+	} else {
+		CK_TRY(u32_key(c->max_position, "max_position_embeddings", file, &h->n_ctx, d));
+		if (c->rope_type[0] || c->rope_factor != 0) {
+			if (strcmp(c->rope_type, "yarn"))
+				return ck_fail(d, CK_EUNSUPPORTED, "'%s': rope type '%s' is not yarn", file,
+					       c->rope_type[0] ? c->rope_type : "(none)");
+			h->yarn = 1;
+			CK_TRY(f32_key(c->rope_factor, 0, "factor", file, &h->rope_factor, d));
+			CK_TRY(u32_key(c->rope_original_max, "original_max_position_embeddings", file,
+				       &h->orig_ctx, d));
+		}
+		if (c->layer_types_n == -2 || (c->layer_types_n >= 0 && c->layer_types_n != c->layers))
 			return ck_fail(d, CK_EINVAL, "'%s': layer_types is not a list of %u entries", file,
 				       h->n_layer);
-		for (int i = 0; i < (int)h->n_layer; i++) {
-			const cJSON *e = cJSON_GetArrayItem(lt, i);
-			const char *want = i % 2 ? "full_attention" : "sliding_attention";
-			if (!cJSON_IsString(e) || strcmp(e->valuestring, want))
-				return ck_fail(d, CK_EUNSUPPORTED, "'%s': layer_types[%d] is not '%s' (llama.cpp's "
-					       "gpt-oss has sliding attention on even layers only)", file, i, want);
-		}
+		if (c->layer_types_break >= 0)
+			return ck_fail(d, CK_EUNSUPPORTED, "'%s': layer_types[%" PRId64 "] is not '%s' "
+				       "(llama.cpp's gpt-oss has sliding attention on even layers only)", file,
+				       c->layer_types_break,
+				       c->layer_types_break % 2 ? "full_attention" : "sliding_attention");
 	}
-	return 0;
-}
-
-/* original/config.json: OpenAI's ModelConfig fields. */
-static int hp_original(const cJSON *c, const char *file, struct hp *h, struct ck_diag *d)
-{
-	uint32_t init_ctx = 0;
-	uint64_t ctx;
-
-	h->original = 1;
-	CK_TRY(j_u32(c, "num_hidden_layers", 1, file, &h->n_layer, d));
-	CK_TRY(j_u32(c, "hidden_size", 1, file, &h->n_embd, d));
-	CK_TRY(j_u32(c, "intermediate_size", 1, file, &h->n_ff, d));
-	CK_TRY(j_u32(c, "num_attention_heads", 1, file, &h->n_head, d));
-	CK_TRY(j_u32(c, "num_key_value_heads", 1, file, &h->n_head_kv, d));
-	CK_TRY(j_u32(c, "head_dim", 1, file, &h->head_dim, d));
-	CK_TRY(j_u32(c, "num_experts", 1, file, &h->n_expert, d));
-	CK_TRY(j_u32(c, "experts_per_token", 1, file, &h->n_used, d));
-	CK_TRY(j_u32(c, "sliding_window", 1, file, &h->swa, d));
-	CK_TRY(j_u32(c, "vocab_size", 0, file, &h->vocab, d));
-	CK_TRY(j_u32(c, "initial_context_length", 1, file, &init_ctx, d));
-	CK_TRY(j_f32(c, "rope_theta", 1, file, &h->rope_base, d));
-	CK_TRY(j_f32(c, "rope_scaling_factor", 1, file, &h->rope_factor, d));
-	CK_TRY(j_f32(c, "rope_ntk_beta", 0, file, &h->beta_fast, d));
-	CK_TRY(j_f32(c, "rope_ntk_alpha", 0, file, &h->beta_slow, d));
-	/* The HF export sets max_position_embeddings = factor * initial_context_length. */
-	ctx = (uint64_t)((double)h->rope_factor * init_ctx);
-	if (ctx < 1 || ctx > UINT32_MAX)
-		return ck_fail(d, CK_EINVAL, "'%s': rope_scaling_factor * initial_context_length is out of range",
-			       file);
-	h->n_ctx = (uint32_t)ctx;
-	h->orig_ctx = init_ctx;
-	h->yarn = 1;
+	CK_TRY(f32_key(c->rope_beta_fast, 32.0, orig ? "rope_ntk_beta" : "beta_fast", file, &h->beta_fast, d));
+	CK_TRY(f32_key(c->rope_beta_slow, 1.0, orig ? "rope_ntk_alpha" : "beta_slow", file, &h->beta_slow, d));
 	return 0;
 }
 
 static int load_hparams(const char *dir, struct hp *h, struct ck_diag *d)
 {
+	struct ck_gptoss_config c;
 	char path[4096];
 	char *buf = NULL;
 	size_t len;
-	cJSON *c;
 	int rc;
 
 	memset(h, 0, sizeof(*h));
-	h->eps = 1e-5f;
-	h->beta_fast = 32.0f;
-	h->beta_slow = 1.0f;
 	snprintf(path, sizeof(path), "%s/config.json", dir);
 	CK_TRY(ck_read_file(path, CONFIG_MAX, &buf, &len, d));
-	c = cJSON_ParseWithLength(buf, len);
+	rc = ck_gptoss_config_parse(buf, len, path, &c, d);
 	free(buf);
-	if (!c || !cJSON_IsObject(c)) {
-		cJSON_Delete(c);
-		return ck_fail(d, CK_EINVAL, "'%s': not a JSON object", path);
-	}
-	if (jget(c, "model_type") || jget(c, "architectures"))
-		rc = hp_hf(c, path, h, d);
-	else if (jget(c, "rope_scaling_factor") && jget(c, "num_experts"))
-		rc = hp_original(c, path, h, d);
-	else
-		rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': no model_type (unknown architecture)", path);
-	cJSON_Delete(c);
+	if (!rc)
+		rc = hp_from_config(&c, path, h, d);
 	if (rc)
 		return rc;
-	if (h->n_used > h->n_expert)
-		return ck_fail(d, CK_EINVAL, "'%s': %u experts per token but %u experts", path, h->n_used,
-			       h->n_expert);
 	if (h->n_head % h->n_head_kv)
 		return ck_fail(d, CK_EINVAL, "'%s': %u heads is not a multiple of %u key/value heads", path,
 			       h->n_head, h->n_head_kv);

@@ -364,11 +364,36 @@ static int read_keys(const cJSON *obj, const struct cfg_key *keys, size_t n, int
 		if (v && !cJSON_IsNull(v)) {
 			CK_TRY(set_key(v, &keys[i], c, path, name, d));
 		} else if (keys[i].required && (orig ? keys[i].orig : keys[i].hf)) {
-			return ck_fail(d, CK_EINVAL, "'%s': missing key '%s'", path,
+			return ck_fail(d, CK_EINVAL, "'%s': config key '%s' is missing", path,
 				       orig ? keys[i].orig : keys[i].hf);
 		}
 	}
 	return 0;
+}
+
+/* gpt-oss alternates sliding and full attention, sliding first (GptOssConfig's default). */
+static void layer_types(const cJSON *lt, struct ck_gptoss_config *c)
+{
+	int n;
+
+	if (!lt || cJSON_IsNull(lt))
+		return;
+	if (!cJSON_IsArray(lt)) {
+		c->layer_types_n = -2;
+		return;
+	}
+	n = cJSON_GetArraySize(lt);
+	c->layer_types_n = n;
+	for (int i = 0; i < n; i++) {
+		const cJSON *e = cJSON_GetArrayItem(lt, i);
+		if (!cJSON_IsString(e)) {
+			c->layer_types_n = -2;
+			return;
+		}
+		if (c->layer_types_break < 0 &&
+		    strcmp(e->valuestring, i % 2 ? "full_attention" : "sliding_attention"))
+			c->layer_types_break = i;
+	}
 }
 
 int ck_gptoss_config_parse(const char *json, size_t len, const char *path,
@@ -387,8 +412,20 @@ int ck_gptoss_config_parse(const char *json, size_t len, const char *path,
 		cJSON_Delete(root);
 		return ck_fail(d, CK_EINVAL, "'%s': not a JSON object", path);
 	}
+	c->layer_types_n = c->layer_types_break = -1;
 	/* original/config.json has num_experts and no model_type */
 	c->original = cJSON_HasObjectItem(root, "num_experts") && !cJSON_HasObjectItem(root, "model_type");
+	t = cJSON_GetObjectItemCaseSensitive(root, "model_type");
+	if (!c->original && cJSON_IsString(t)) {
+		snprintf(c->model_type, sizeof(c->model_type), "%s", t->valuestring);
+		if (strcmp(t->valuestring, "gpt_oss")) {
+			rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': model_type '%s' is not gpt_oss (unknown "
+				     "architecture)", path, c->model_type);
+			goto out;
+		}
+	}
+	t = cJSON_GetObjectItemCaseSensitive(root, "rope_theta");
+	c->rope_theta_given = t && !cJSON_IsNull(t);
 	rc = read_keys(root, cfg_keys, CK_ARRAY_SIZE(cfg_keys), c->original, c, path, d);
 	if (rc)
 		goto out;
@@ -406,7 +443,11 @@ int ck_gptoss_config_parse(const char *json, size_t len, const char *path,
 			rc = read_keys(rope, rope_keys, CK_ARRAY_SIZE(rope_keys), 0, c, path, d);
 			if (rc)
 				goto out;
+			t = cJSON_GetObjectItemCaseSensitive(rope, "rope_theta");
+			c->rope_theta_given |= t && !cJSON_IsNull(t);
 			t = cJSON_GetObjectItemCaseSensitive(rope, "rope_type");
+			if (!t || cJSON_IsNull(t))	/* the older spelling */
+				t = cJSON_GetObjectItemCaseSensitive(rope, "type");
 			if (cJSON_IsString(t))
 				snprintf(c->rope_type, sizeof(c->rope_type), "%s", t->valuestring);
 			t = cJSON_GetObjectItemCaseSensitive(rope, "truncate");
@@ -414,13 +455,17 @@ int ck_gptoss_config_parse(const char *json, size_t len, const char *path,
 				c->rope_truncate = cJSON_IsTrue(t);
 		}
 		c->has_quant = cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "quantization_config"));
+		layer_types(cJSON_GetObjectItemCaseSensitive(root, "layer_types"), c);
 	}
 	if (!c->head_dim && c->heads)
 		c->head_dim = c->hidden / c->heads;
 	if (c->layers < 1 || c->experts < 1 || c->hidden < 1 || c->intermediate < 1 || c->heads < 1 ||
 	    c->kv_heads < 1 || c->vocab < 1 || c->head_dim < 1 || c->layers > 100000 ||
-	    c->experts > 1000000 || c->experts_per_tok > c->experts)
+	    c->experts > 1000000)
 		rc = ck_fail(d, CK_EINVAL, "'%s': implausible gpt-oss shape keys", path);
+	else if (c->experts_per_tok > c->experts)
+		rc = ck_fail(d, CK_EINVAL, "'%s': %" PRId64 " experts per token but %" PRId64 " experts",
+			     path, c->experts_per_tok, c->experts);
 out:
 	cJSON_Delete(root);
 	return rc;

@@ -131,6 +131,14 @@ struct ck_gptoss_config {
 	int rope_truncate;		/* -1 unknown */
 	int original;			/* parsed from an original/config.json */
 	int has_quant;			/* HF config carries quantization_config */
+	int rope_theta_given;		/* rope_theta was in the file (else transformers' default) */
+	char model_type[32];		/* HF: "gpt_oss" (other types are refused); "" when absent */
+	/*
+	 * HF layer_types: -1 absent, -2 not a list of strings, else its length;
+	 * layer_types_break is the first index that breaks gpt-oss's alternation
+	 * (sliding_attention on even layers, full_attention on odd ones), or -1.
+	 */
+	int64_t layer_types_n, layer_types_break;
 };
 
 /*
@@ -138,8 +146,8 @@ struct ck_gptoss_config {
  * rope_theta + rope_scaling), HF transformers 5 (rope_parameters), or the
  * original/config.json of OpenAI's repo.  Keys missing from the file keep
  * gpt-oss's defaults where transformers has one (rms 1e-5, swiglu 7.0,
- * head_dim = hidden/heads); the shape keys are required.  path names the
- * file in the error.
+ * head_dim = hidden/heads); the shape keys are required.  A HF model_type
+ * other than gpt_oss is CK_EUNSUPPORTED.  path names the file in the error.
  */
 int ck_gptoss_config_parse(const char *json, size_t len, const char *path,
 			   struct ck_gptoss_config *c, struct ck_diag *d);

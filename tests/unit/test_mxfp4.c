@@ -265,6 +265,28 @@ static void gptoss_config_all_dialects(void)
 	      strstr(js, "\"quant_method\": \"mxfp4\"},\"vocab_size\":100,"));
 	free(js);
 	CHECK(ck_gptoss_config_parse("{\"num_hidden_layers\":-1}", 24, "bad", &c, &d) < 0);
+	/* what to-gguf builds on: the model type, rope_theta given, the layer_types alternation */
+	CHECK(c.model_type[0] == 0 && c.layer_types_n == -1);
+	CHECK(ck_gptoss_config_parse(v4, sizeof(v4) - 1, "v4", &c, &d) == 0);
+	CHECK(!strcmp(c.model_type, "gpt_oss") && c.rope_theta_given && c.layer_types_n == -1);
+	CHECK(ck_gptoss_config_parse(v5, sizeof(v5) - 1, "v5", &c, &d) == 0 && c.rope_theta_given);
+	{
+		static const char lt[] = "{\"model_type\":\"gpt_oss\",\"num_hidden_layers\":3,\"num_local_experts\":4,"
+			"\"num_experts_per_tok\":2,\"vocab_size\":100,\"hidden_size\":64,\"intermediate_size\":64,"
+			"\"num_attention_heads\":4,\"num_key_value_heads\":2,\"rope_scaling\":{\"type\":\"yarn\"},"
+			"\"layer_types\":[\"sliding_attention\",\"full_attention\",\"full_attention\"]}";
+		static const char llama[] = "{\"model_type\":\"llama\",\"num_hidden_layers\":2}";
+		static const char used[] = "{\"model_type\":\"gpt_oss\",\"num_hidden_layers\":2,\"num_local_experts\":4,"
+			"\"num_experts_per_tok\":9,\"vocab_size\":100,\"hidden_size\":64,\"intermediate_size\":64,"
+			"\"num_attention_heads\":4,\"num_key_value_heads\":2}";
+		CHECK(ck_gptoss_config_parse(lt, sizeof(lt) - 1, "lt", &c, &d) == 0);
+		CHECK(c.layer_types_n == 3 && c.layer_types_break == 2 && !c.rope_theta_given);
+		CHECK(!strcmp(c.rope_type, "yarn") && c.rope_theta == 150000 && c.head_dim == 16);
+		CHECK(ck_gptoss_config_parse(llama, sizeof(llama) - 1, "llama", &c, &d) == CK_EUNSUPPORTED);
+		CHECK(strstr(d.msg, "model_type 'llama' is not gpt_oss") != NULL);
+		CHECK(ck_gptoss_config_parse(used, sizeof(used) - 1, "used", &c, &d) == CK_EINVAL);
+		CHECK(strstr(d.msg, "9 experts per token but 4 experts") != NULL);
+	}
 }
 
 int main(void)
