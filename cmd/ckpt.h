@@ -48,6 +48,11 @@ struct ck_option {
 #define CK_OPT_CHOICE(s, l, v, list, h)	{ CK_OPT_CHOICE_, s, l, v, list, h }
 #define CK_OPT_END			{ CK_OPT_END_, 0, NULL, NULL, NULL, NULL }
 
+/* The options every checkpoint writer spells the same way. */
+#define CK_OPT_SHARD_SIZE(v)	CK_OPT_SIZE(0, "shard-size", v, "SIZE", "largest shard of a folder output [5GB]")
+#define CK_OPT_FORCE(v)		CK_OPT_FLAG('f', "force", v, "replace an existing output")
+#define CK_OPT_JOBS(v, h)	CK_OPT_INT('j', "jobs", v, "N", h)
+
 /* A growable list of borrowed strings (argv entries). */
 struct ck_strlist {
 	const char **v;
@@ -89,6 +94,9 @@ void ck_note(const char *tool, const char *fmt, ...) __attribute__((format(print
 
 /* Number of online CPUs (at least 1); used as the default for --jobs. */
 int ck_ncpus(void);
+
+/* 0 when 1 <= jobs <= max, else the usage error (2) for --jobs. */
+int ck_jobs_check(const char *tool, int64_t jobs, int64_t max);
 
 /*
  * The tools.  A tool whose file is not in this build is a NULL weak symbol:

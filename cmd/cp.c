@@ -180,8 +180,8 @@ int cmd_cp(int argc, char **argv)
 		CK_OPT_STRINGS(0, "exclude", &o.excludes, "GLOB", "leave out tensors whose name matches (repeatable)"),
 		CK_OPT_STRINGS(0, "rename", &o.renames, "FROM=TO", "rename the prefix FROM to TO (repeatable; first match)"),
 		CK_OPT_CHOICE(0, "dtype", &o.dtype, "bf16|f16|f32", "convert float tensors (F32/F16/BF16) to this type"),
-		CK_OPT_SIZE(0, "shard-size", &o.shard_size, "SIZE", "largest shard of a folder output [5GB]"),
-		CK_OPT_FLAG('f', "force", &o.force, "replace an existing output"),
+		CK_OPT_SHARD_SIZE(&o.shard_size),
+		CK_OPT_FORCE(&o.force),
 		CK_OPT_END,
 	};
 	const struct ck_usage u = {

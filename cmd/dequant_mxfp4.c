@@ -16,9 +16,9 @@ int cmd_dequant_mxfp4(int argc, char **argv)
 	const struct ck_option opts[] = {
 		CK_OPT_CHOICE(0, "layout", &layout, "hf",
 			      "output names and layout: HF (model.layers.N..., experts [E, IN, OUT]) [hf]"),
-		CK_OPT_INT('j', "jobs", &jobs, "N", "threads per expert slice [all cores]"),
-		CK_OPT_SIZE(0, "shard-size", &job.shard_size, "SIZE", "largest shard of a folder output [5GB]"),
-		CK_OPT_FLAG('f', "force", &job.force, "replace an existing output"),
+		CK_OPT_JOBS(&jobs, "threads per expert slice [all cores]"),
+		CK_OPT_SHARD_SIZE(&job.shard_size),
+		CK_OPT_FORCE(&job.force),
 		CK_OPT_END,
 	};
 	const struct ck_usage u = {
@@ -38,8 +38,8 @@ int cmd_dequant_mxfp4(int argc, char **argv)
 	struct ck_diag d = CK_DIAG_INIT;
 
 	ck_parse_options(argc, argv, opts, &u);
-	if (jobs < 1 || jobs > 256)
-		return ck_usage_error(u.tool, "--jobs must be 1..256, not %" PRId64, jobs);
+	if (ck_jobs_check(u.tool, jobs, 256))
+		return CK_EXIT_USAGE;
 	job.in = argv[0];
 	job.out = argv[1];
 	job.threads = (int)jobs;

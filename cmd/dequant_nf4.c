@@ -18,9 +18,9 @@ int cmd_dequant_nf4(int argc, char **argv)
 		CK_OPT_CHOICE(0, "layout", &layout, "hf|keep",
 			      "per-expert tensors: hf = fused as transformers loads them, keep = as they are\n"
 			      "                                 [hf when IN has per-expert tensors]"),
-		CK_OPT_SIZE(0, "shard-size", &job.shard_size, "SIZE", "largest shard of a folder output [5GB]"),
-		CK_OPT_INT('j', "jobs", &jobs, "N", "threads [number of CPUs]"),
-		CK_OPT_FLAG('f', "force", &job.force, "replace an existing output"),
+		CK_OPT_SHARD_SIZE(&job.shard_size),
+		CK_OPT_JOBS(&jobs, "threads [number of CPUs]"),
+		CK_OPT_FORCE(&job.force),
 		CK_OPT_END,
 	};
 	const struct ck_usage u = {
@@ -43,8 +43,8 @@ int cmd_dequant_nf4(int argc, char **argv)
 	struct ck_diag d = CK_DIAG_INIT;
 
 	ck_parse_options(argc, argv, opts, &u);
-	if (jobs < 1 || jobs > 1024)
-		return ck_usage_error(u.tool, "--jobs must be 1..1024");
+	if (ck_jobs_check(u.tool, jobs, 1024))
+		return CK_EXIT_USAGE;
 	job.in = argv[0];
 	job.out = argv[1];
 	job.threads = (int)jobs;

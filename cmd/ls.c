@@ -108,20 +108,6 @@ static int hash_rows(struct row *rows, size_t n, int jobs)
 
 /* ---- output helpers ---- */
 
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p == 0x7f)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
-	fputc('"', f);
-}
-
 static void json_shape(FILE *f, const uint64_t *shape, int ndim)
 {
 	fputc('[', f);
@@ -170,30 +156,30 @@ static void print_json_row(FILE *f, const struct ls_opts *o, const struct ck_mod
 	fputc('{', f);
 	if (path_field) {
 		fputs("\"path\":", f);
-		json_str(f, path_field);
+		ck_json_str(f, path_field);
 		fputc(',', f);
 	}
 	fputs("\"name\":", f);
-	json_str(f, t->name);
+	ck_json_str(f, t->name);
 	fputs(",\"dtype\":", f);
-	json_str(f, ck_tensor_type_name(t, tb, sizeof(tb)));
+	ck_json_str(f, ck_tensor_type_name(t, tb, sizeof(tb)));
 	fputs(",\"shape\":", f);
 	json_shape(f, t->shape, t->ndim);
 	fprintf(f, ",\"bytes\":%" PRIu64, t->nbytes);
 	if (!o->diffable) {
 		fprintf(f, ",\"offset\":%" PRIu64 ",\"file\":", t->offset);
-		json_str(f, file_base(ck_model_file(m, t->file)));
+		ck_json_str(f, file_base(ck_model_file(m, t->file)));
 	}
 	if (o->sha256) {
 		fputs(",\"sha256\":", f);
-		json_str(f, r->sha);
+		ck_json_str(f, r->sha);
 	}
 	if (r->lay.kind != CK_LAYOUT_PLAIN) {
 		fputs(",\"layout\":{\"kind\":", f);
-		json_str(f, ck_layout_kind_name(r->lay.kind));
+		ck_json_str(f, ck_layout_kind_name(r->lay.kind));
 		if (r->lay.role[0]) {
 			fputs(",\"role\":", f);
-			json_str(f, r->lay.role);
+			ck_json_str(f, r->lay.role);
 		}
 		if (r->lay.ndim) {
 			fputs(",\"logical_shape\":", f);
@@ -201,11 +187,11 @@ static void print_json_row(FILE *f, const struct ls_opts *o, const struct ck_mod
 		}
 		if (r->lay.dtype[0]) {
 			fputs(",\"logical_dtype\":", f);
-			json_str(f, r->lay.dtype);
+			ck_json_str(f, r->lay.dtype);
 		}
 		if (r->lay.quant[0]) {
 			fputs(",\"quant_type\":", f);
-			json_str(f, r->lay.quant);
+			ck_json_str(f, r->lay.quant);
 		}
 		if (r->lay.blocksize)
 			fprintf(f, ",\"blocksize\":%" PRIu64, r->lay.blocksize);
@@ -315,7 +301,7 @@ static void print_summary(FILE *f, const struct ls_opts *o, const struct row *ro
 		for (size_t k = 0; k < ns; k++) {
 			if (k)
 				fputc(',', f);
-			json_str(f, s[k].name);
+			ck_json_str(f, s[k].name);
 			fprintf(f, ":{\"tensors\":%zu,\"elements\":%" PRIu64 ",\"bytes\":%" PRIu64 "}",
 				s[k].count, s[k].params, s[k].bytes);
 		}
@@ -425,12 +411,12 @@ static void print_gguf_meta(FILE *f, const struct ck_gguf *g, int full, int json
 		const struct ck_gguf_value *v = &kv->v;
 		if (json) {
 			fputc(',', f);
-			json_str(f, kv->key);
+			ck_json_str(f, kv->key);
 			fputs(":{\"type\":", f);
-			json_str(f, ck_gguf_type_name(v->type));
+			ck_json_str(f, ck_gguf_type_name(v->type));
 			if (v->type == CK_GGUF_ARRAY) {
 				fputs(",\"element_type\":", f);
-				json_str(f, ck_gguf_type_name(v->arr.type));
+				ck_json_str(f, ck_gguf_type_name(v->arr.type));
 				fprintf(f, ",\"count\":%" PRIu64, v->arr.n);
 				if (!full && v->arr.n > META_ITEMS)
 					fputs(",\"shortened\":true", f);
@@ -468,9 +454,9 @@ static void print_meta(FILE *f, const struct ls_opts *o, const struct ck_model *
 				if (!first)
 					fputc(',', f);
 				first = 0;
-				json_str(f, k[j]);
+				ck_json_str(f, k[j]);
 				fputc(':', f);
-				json_str(f, v[j]);
+				ck_json_str(f, v[j]);
 			} else {
 				char ek[256], ev[4096];
 				fprintf(f, "%s\t%s\t%s\n", file_base(ck_model_file(m, i)),
@@ -524,13 +510,13 @@ static int list_one(const struct ls_opts *o, const char *path, int multi, int fi
 	} else if (o->json) {
 		fputs(first ? "" : ",", stdout);
 		fputs("{\"path\":", stdout);
-		json_str(stdout, path);
+		ck_json_str(stdout, path);
 		fprintf(stdout, ",\"kind\":\"%s\",\"files\":[",
 			ck_model_kind(m) == CK_MODEL_GGUF ? "gguf" :
 			ck_model_kind(m) == CK_MODEL_FOLDER ? "folder" : "safetensors");
 		for (size_t i = 0; i < ck_model_nfiles(m); i++) {
 			fputs(i ? "," : "", stdout);
-			json_str(stdout, file_base(ck_model_file(m, i)));
+			ck_json_str(stdout, file_base(ck_model_file(m, i)));
 		}
 		fputs("]", stdout);
 		if (o->meta) {

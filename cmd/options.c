@@ -36,6 +36,13 @@ int ck_ncpus(void)
 	return n < 1 ? 1 : n > 256 ? 256 : (int)n;
 }
 
+int ck_jobs_check(const char *tool, int64_t jobs, int64_t max)
+{
+	if (jobs >= 1 && jobs <= max)
+		return 0;
+	return ck_usage_error(tool, "--jobs must be 1..%" PRId64 ", not %" PRId64, max, jobs);
+}
+
 int ck_report(const char *tool, const struct ck_diag *d)
 {
 	fprintf(stderr, "ckpt %s: %s\n", tool, d->msg[0] ? d->msg : "failed");

@@ -26,9 +26,9 @@ int cmd_quant_bnb(int argc, char **argv)
 			      "                                 NF4 layout (loadable by Unsloth only) [keep]"),
 		CK_OPT_STRING(0, "nested-offset", &job.nested_offset, "X",
 			      "(testing) use X as every tensor's double-quant offset"),
-		CK_OPT_SIZE(0, "shard-size", &job.shard_size, "SIZE", "largest shard of a folder output [5GB]"),
-		CK_OPT_INT('j', "jobs", &jobs, "N", "threads [number of CPUs]"),
-		CK_OPT_FLAG('f', "force", &job.force, "replace an existing output"),
+		CK_OPT_SHARD_SIZE(&job.shard_size),
+		CK_OPT_JOBS(&jobs, "threads [number of CPUs]"),
+		CK_OPT_FORCE(&job.force),
 		CK_OPT_END,
 	};
 	const struct ck_usage u = {
@@ -56,10 +56,8 @@ int cmd_quant_bnb(int argc, char **argv)
 		rc = ck_usage_error(u.tool, "--blocksize must be one of 32, 64, 128 ... 4096");
 		goto out;
 	}
-	if (jobs < 1 || jobs > 1024) {
-		rc = ck_usage_error(u.tool, "--jobs must be 1..1024");
+	if ((rc = ck_jobs_check(u.tool, jobs, 1024)))
 		goto out;
-	}
 	job.in = argv[0];
 	job.out = argv[1];
 	job.type = type && !strcmp(type, "fp4") ? CK_BNB_FP4 : CK_BNB_NF4;

@@ -23,10 +23,10 @@ int cmd_quant_mxfp4(int argc, char **argv)
 			      "(triton before 2025-09); ggml: ties toward 0, +0 only [rne]"),
 		CK_OPT_STRING(0, "keep-from", &job.keep_from, "DIR",
 			      "copy the bytes of experts unchanged from this MXFP4 checkpoint"),
-		CK_OPT_INT('j', "jobs", &jobs, "N", "threads per expert slice [all cores]"),
-		CK_OPT_SIZE(0, "shard-size", &job.shard_size, "SIZE", "largest shard of a folder output [5GB]"),
+		CK_OPT_JOBS(&jobs, "threads per expert slice [all cores]"),
+		CK_OPT_SHARD_SIZE(&job.shard_size),
 		CK_OPT_FLAG('q', "quiet", &quiet, "do not print the copied/quantized expert counts"),
-		CK_OPT_FLAG('f', "force", &job.force, "replace an existing output"),
+		CK_OPT_FORCE(&job.force),
 		CK_OPT_END,
 	};
 	const struct ck_usage u = {
@@ -46,8 +46,8 @@ int cmd_quant_mxfp4(int argc, char **argv)
 	struct ck_diag d = CK_DIAG_INIT;
 
 	ck_parse_options(argc, argv, opts, &u);
-	if (jobs < 1 || jobs > 256)
-		return ck_usage_error(u.tool, "--jobs must be 1..256, not %" PRId64, jobs);
+	if (ck_jobs_check(u.tool, jobs, 256))
+		return CK_EXIT_USAGE;
 	if (ck_mx_parse_rule(scale, round, &job.rule))
 		return ck_usage_error(u.tool, "bad --scale or --round");
 	job.in = argv[0];

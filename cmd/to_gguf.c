@@ -37,7 +37,7 @@ int cmd_to_gguf(int argc, char **argv)
 			      "read tokenizer.json, tokenizer_config.json, chat_template.jinja and "
 			      "generation_config.json from DIR [MODEL_DIR; for original/, its parent]"),
 		CK_OPT_FLAG('n', "dry-run", &dry, "print the mapping (source -> GGUF name, type, shape); write nothing"),
-		CK_OPT_FLAG('f', "force", &force, "replace an existing output"),
+		CK_OPT_FORCE(&force),
 		CK_OPT_END,
 	};
 	const struct ck_usage u = {

@@ -111,20 +111,6 @@ static int check_expect(const struct tc_opts *o, const struct ck_tok *t, FILE *f
 
 /* ==== one folder ==== */
 
-static void json_s(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p == 0x7f)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
-	fputc('"', f);
-}
-
 static void print_role_text(FILE *f, const struct ck_tok *t)
 {
 	for (int r = 0; r < CK_TOK_NROLES; r++) {
@@ -200,10 +186,10 @@ static void print_identity_json(FILE *f, const struct ck_tok *t, const char *emb
 	const char *origin;
 
 	fputs("{\"version\":1,\"path\":", f);
-	json_s(f, ck_tok_dir(t));
+	ck_json_str(f, ck_tok_dir(t));
 	fputs(",\"model_type\":", f);
 	if (ck_tok_model_type(t))
-		json_s(f, ck_tok_model_type(t));
+		ck_json_str(f, ck_tok_model_type(t));
 	else
 		fputs("null", f);
 	fprintf(f, ",\"tokens\":%" PRIu64 ",\"vocab\":%zu,\"added\":%zu,\"merges\":%zu,\"merges_format\":\"%s\"",
@@ -224,7 +210,7 @@ static void print_identity_json(FILE *f, const struct ck_tok *t, const char *emb
 		const char *h = ck_tok_hash(t, (enum ck_tok_comp)c);
 		fprintf(f, "%s\"%s\":", c ? "," : "", ck_tok_comp_name((enum ck_tok_comp)c));
 		if (h)
-			json_s(f, h);
+			ck_json_str(f, h);
 		else
 			fputs("null", f);
 	}
@@ -237,7 +223,7 @@ static void print_identity_json(FILE *f, const struct ck_tok *t, const char *emb
 			continue;
 		}
 		fputs("{\"token\":", f);
-		json_s(f, x->token);
+		ck_json_str(f, x->token);
 		fprintf(f, ",\"id\":%" PRId64 ",\"source\":\"%s\"}", x->id, x->source);
 	}
 	const struct ck_tok_ids *g = ck_tok_generation_ids(t, CK_TOK_EOS_ID);
@@ -258,7 +244,7 @@ static void print_identity_json(FILE *f, const struct ck_tok *t, const char *emb
 	fputs(",\"embedding\":", f);
 	if (emb) {
 		fprintf(f, "{\"ok\":%s,\"summary\":", emb_ok ? "true" : "false");
-		json_s(f, emb);
+		ck_json_str(f, emb);
 		fputc('}', f);
 	} else {
 		fputs("null", f);
@@ -270,7 +256,7 @@ static void print_identity_json(FILE *f, const struct ck_tok *t, const char *emb
 		char *line = ck_strndup(p, n);
 		if (line) {
 			fputs(p == cons ? "" : ",", f);
-			json_s(f, line + strspn(line, " "));
+			ck_json_str(f, line + strspn(line, " "));
 			free(line);
 		}
 		p += n + (nl != NULL);

@@ -27,6 +27,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <inttypes.h>
 
 enum ck_status {
@@ -108,6 +109,12 @@ char *ck_strndup(const char *s, size_t n);
  * terminal.  Writes at most cap bytes including the NUL; returns out.
  */
 char *ck_escape(const char *s, size_t len, char *out, size_t cap);
+
+/*
+ * Write s to f as a JSON string: quotes, '"' and '\\' escaped, control
+ * bytes and DEL as \u00XX; other bytes as they are (s is UTF-8 already).
+ */
+void ck_json_str(FILE *f, const char *s);
 
 /* True when s[0..len) is valid UTF-8 (no overlongs, no surrogates). */
 bool ck_utf8_valid(const char *s, size_t len);

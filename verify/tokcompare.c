@@ -881,20 +881,6 @@ void ck_tok_report_print(FILE *f, const struct ck_tok_report *r, bool verbose, b
 		fputs(r->template_diff, f);
 }
 
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p == 0x7f)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
-	}
-	fputc('"', f);
-}
-
 static void json_hashes(FILE *f, const struct ck_tok *t)
 {
 	fputc('{', f);
@@ -902,7 +888,7 @@ static void json_hashes(FILE *f, const struct ck_tok *t)
 		const char *h = ck_tok_hash(t, (enum ck_tok_comp)c);
 		fprintf(f, "%s\"%s\":", c ? "," : "", ck_tok_comp_name((enum ck_tok_comp)c));
 		if (h)
-			json_str(f, h);
+			ck_json_str(f, h);
 		else
 			fputs("null", f);
 	}
@@ -914,16 +900,16 @@ void ck_tok_report_json(FILE *f, const struct ck_tok_report *r, unsigned flags)
 	int v = ck_tok_report_verdict(r, flags);
 
 	fputs("{\"version\":1,\"a\":", f);
-	json_str(f, ck_tok_dir(r->a));
+	ck_json_str(f, ck_tok_dir(r->a));
 	fputs(",\"b\":", f);
-	json_str(f, ck_tok_dir(r->b));
+	ck_json_str(f, ck_tok_dir(r->b));
 	fprintf(f, ",\"severity\":\"%s\",\"exit\":%d,\"strict\":%s,\"components\":[",
 		ck_tok_sev_name(r->worst), ck_exit_code(v), flags & CK_TOK_STRICT ? "true" : "false");
 	for (size_t i = 0; i < r->nitems; i++) {
 		const struct ck_tok_item *it = &r->items[i];
 		fprintf(f, "%s{\"name\":\"%s\",\"severity\":\"%s\",\"summary\":", i ? "," : "", it->name,
 			ck_tok_sev_name(it->sev));
-		json_str(f, it->summary);
+		ck_json_str(f, it->summary);
 		fputs(",\"details\":[", f);
 		for (const char *p = it->details; p && *p;) {
 			const char *nl = strchr(p, '\n');
@@ -931,7 +917,7 @@ void ck_tok_report_json(FILE *f, const struct ck_tok_report *r, unsigned flags)
 			char *line = ck_strndup(p, n);
 			if (line) {
 				fputs(p == it->details ? "" : ",", f);
-				json_str(f, line + (line[0] == ' ' && line[1] == ' ' ? 2 : 0));
+				ck_json_str(f, line + (line[0] == ' ' && line[1] == ' ' ? 2 : 0));
 				free(line);
 			}
 			p += n + (nl != NULL);
@@ -944,7 +930,7 @@ void ck_tok_report_json(FILE *f, const struct ck_tok_report *r, unsigned flags)
 	json_hashes(f, r->b);
 	fputs("},\"template_diff\":", f);
 	if (r->template_diff)
-		json_str(f, r->template_diff);
+		ck_json_str(f, r->template_diff);
 	else
 		fputs("null", f);
 	fputc('}', f);
