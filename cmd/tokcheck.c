@@ -205,16 +205,9 @@ static void print_identity_json(FILE *f, const struct ck_tok *t, const char *emb
 		else
 			fputs("null", f);
 	}
-	fputs("},\"components\":{", f);
-	for (int c = 0; c < CK_TOKC_COUNT; c++) {
-		const char *h = ck_tok_hash(t, (enum ck_tok_comp)c);
-		fprintf(f, "%s\"%s\":", c ? "," : "", ck_tok_comp_name((enum ck_tok_comp)c));
-		if (h)
-			ck_json_str(f, h);
-		else
-			fputs("null", f);
-	}
-	fprintf(f, ",\"all\":\"%s\"},\"roles\":{", ck_tok_hash_all(t));
+	fputs("},\"components\":", f);
+	ck_tok_hashes_json(f, t);
+	fputs(",\"roles\":{", f);
 	for (int r = 0; r < CK_TOK_NROLES; r++) {
 		const struct ck_tok_role_tok *x = ck_tok_role(t, (enum ck_tok_role)r);
 		fprintf(f, "%s\"%s\":", r ? "," : "", ck_tok_role_name((enum ck_tok_role)r));

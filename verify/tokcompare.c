@@ -881,7 +881,7 @@ void ck_tok_report_print(FILE *f, const struct ck_tok_report *r, bool verbose, b
 		fputs(r->template_diff, f);
 }
 
-static void json_hashes(FILE *f, const struct ck_tok *t)
+void ck_tok_hashes_json(FILE *f, const struct ck_tok *t)
 {
 	fputc('{', f);
 	for (int c = 0; c < CK_TOKC_COUNT; c++) {
@@ -925,9 +925,9 @@ void ck_tok_report_json(FILE *f, const struct ck_tok_report *r, unsigned flags)
 		fputs("]}", f);
 	}
 	fputs("],\"hashes\":{\"a\":", f);
-	json_hashes(f, r->a);
+	ck_tok_hashes_json(f, r->a);
 	fputs(",\"b\":", f);
-	json_hashes(f, r->b);
+	ck_tok_hashes_json(f, r->b);
 	fputs("},\"template_diff\":", f);
 	if (r->template_diff)
 		ck_json_str(f, r->template_diff);

@@ -343,6 +343,8 @@ const char *ck_tok_sev_name(enum ck_tok_sev s);
 
 /* Print one line per item ("vocab: same"), details when verbose, the diff when diff. */
 void ck_tok_report_print(FILE *f, const struct ck_tok_report *r, bool verbose, bool diff);
+/* The component hashes of t as a JSON object {"vocab":"...",...,"all":"..."}. */
+void ck_tok_hashes_json(FILE *f, const struct ck_tok *t);
 /* Print the report as one JSON object (no trailing newline). */
 void ck_tok_report_json(FILE *f, const struct ck_tok_report *r, unsigned flags);
 void ck_tok_report_free(struct ck_tok_report *r);
