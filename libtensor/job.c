@@ -73,15 +73,18 @@ int ck_job_convert(struct ck_stw *w, const struct ck_tensor *t, enum ck_dtype to
 	return rc;
 }
 
+bool ck_job_glob_any(const char *const *globs, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (ck_glob(globs[i], name))
+			return true;
+	return false;
+}
+
 bool ck_job_selected(const char *const *filters, size_t nf, const char *const *excludes, size_t ne,
 		     const char *name)
 {
-	bool in = !nf;
-	for (size_t i = 0; i < nf && !in; i++)
-		in = ck_glob(filters[i], name);
-	for (size_t i = 0; i < ne && in; i++)
-		in = !ck_glob(excludes[i], name);
-	return in;
+	return (!nf || ck_job_glob_any(filters, nf, name)) && !ck_job_glob_any(excludes, ne, name);
 }
 
 int ck_job_edit_config(struct ck_out *out, const char *dir, const char *key, const char *value,

@@ -58,6 +58,9 @@ int ck_job_convert(struct ck_stw *w, const struct ck_tensor *t, enum ck_dtype to
 int ck_job_edit_config(struct ck_out *out, const char *dir, const char *key, const char *value,
 		       enum ck_json_at at, int optional, struct ck_diag *d);
 
+/* Does name match one of globs[0..n) (ck_glob)? */
+bool ck_job_glob_any(const char *const *globs, size_t n, const char *name);
+
 /* Kept by --filter GLOB... (none: all) and not dropped by --exclude GLOB...? */
 bool ck_job_selected(const char *const *filters, size_t nf, const char *const *excludes, size_t ne,
 		     const char *name);

@@ -97,10 +97,8 @@ static int default_skip(const char *module)
 
 static int user_skip(const struct ck_bnb_q_job *o, const char *module, const char *name)
 {
-	for (size_t i = 0; i < o->nskips; i++)
-		if (ck_glob(o->skips[i], module) || ck_glob(o->skips[i], name))
-			return 1;
-	return 0;
+	return ck_job_glob_any(o->skips, o->nskips, module) ||
+	       ck_job_glob_any(o->skips, o->nskips, name);
 }
 
 static int add_item(struct qb_run *r, enum item_kind k, const struct ck_tensor *t, long e, size_t q,
