@@ -201,6 +201,24 @@ static char *report_json(const struct ck_lora_plan *p, const char *base, const c
 	return s;
 }
 
+/* The files merge-lora writes itself next to the tensors. */
+struct files {
+	const struct ck_model *base;
+	int dequant;
+	const char *report;
+};
+
+static int write_files(void *ctx, struct ck_out *out, struct ck_diag *d)
+{
+	const struct files *f = ctx;
+
+	/* MXFP4 experts / bnb weights came out dequantized: the config loses quantization_config. */
+	if (f->dequant && ck_model_kind(f->base) == CK_MODEL_FOLDER)
+		CK_TRY(ck_job_edit_config(out, ck_model_dir(f->base), "quantization_config", NULL,
+					  CK_JSON_AT_END, 0, d));
+	return ck_out_write_file(out, "merge-report.json", f->report, strlen(f->report), d);
+}
+
 static enum ck_dtype dtype_of(const char *s)
 {
 	if (!s)
@@ -282,34 +300,26 @@ int cmd_merge_lora(int argc, char **argv)
 		goto fail;
 	{
 		const char *inputs[] = { ck_model_path(base), argv[1] };
-		rc = ck_out_begin(&out, CK_OUT_DIR, argv[2], o.force, inputs, 2, &d);
+		static const char *const skip[] = { "merge-report.json", "config.json" };
+		struct files f = { .base = base, .dequant = plan->nmxfp4 || plan->nbnb };
+		const struct ck_job_out jo = { .dst = argv[2], .folder = 1, .force = o.force, .inputs = inputs,
+					       .ninputs = 2, .aux = base, .skip = skip, .nskip = f.dequant ? 2 : 1,
+					       .config = write_files, .ctx = &f };
+		if ((rc = ck_job_begin(&jo, &out, &d)))
+			goto fail;
+		if ((rc = ck_lora_write(plan, base, out, o.shard_size, dtype_of(o.dtype), (int)o.jobs, &d)))
+			goto fail;
+		f.report = rep = report_json(plan, argv[0], argv[1], &o, tok);
+		tok = NULL;	/* the report owns it now */
+		if (!rep) {
+			rc = ck_fail(&d, CK_ENOMEM, "out of memory");
+			goto fail;
+		}
+		rc = ck_job_end(&jo, out, &d);
+		out = NULL;
 		if (rc)
 			goto fail;
 	}
-	if ((rc = ck_lora_write(plan, base, out, o.shard_size, dtype_of(o.dtype), (int)o.jobs, &d)))
-		goto fail;
-	if (ck_model_kind(base) == CK_MODEL_FOLDER) {
-		const char *skip[] = { "merge-report.json", "config.json" };
-		int dequant = plan->nmxfp4 || plan->nbnb;
-		/* MXFP4 experts / bnb weights came out dequantized: the config loses quantization_config. */
-		if (dequant && (rc = ck_job_edit_config(out, ck_model_dir(base), "quantization_config", NULL,
-							CK_JSON_AT_END, 0, &d)))
-			goto fail;
-		if ((rc = ck_copy_aux_files(out, ck_model_dir(base), skip, dequant ? 2 : 1, &d)) < 0)
-			goto fail;
-	}
-	rep = report_json(plan, argv[0], argv[1], &o, tok);
-	tok = NULL;	/* the report owns it now */
-	if (!rep) {
-		rc = ck_fail(&d, CK_ENOMEM, "out of memory");
-		goto fail;
-	}
-	if ((rc = ck_out_write_file(out, "merge-report.json", rep, strlen(rep), &d)))
-		goto fail;
-	rc = ck_out_commit(out, &d);
-	out = NULL;
-	if (rc)
-		goto fail;
 	if (!o.quiet) {
 		size_t nmerged = 0, nout = 0;
 		for (size_t i = 0; i < plan->nitems; i++) {

@@ -11,40 +11,57 @@ bool ck_job_to_file(const char *dst)
 	return ck_ends_with(dst, ".safetensors");
 }
 
+static bool to_file(const struct ck_job_out *jo)
+{
+	return !jo->folder && ck_job_to_file(jo->dst);
+}
+
+int ck_job_begin(const struct ck_job_out *jo, struct ck_out **out, struct ck_diag *d)
+{
+	return ck_out_begin(out, to_file(jo) ? CK_OUT_FILE : CK_OUT_DIR, jo->dst, jo->force, jo->inputs,
+			    jo->ninputs, d);
+}
+
+int ck_job_end(const struct ck_job_out *jo, struct ck_out *out, struct ck_diag *d)
+{
+	int rc = 0;
+
+	if (!to_file(jo) && jo->config)
+		rc = jo->config(jo->ctx, out, d);
+	if (!rc && !to_file(jo) && jo->aux && ck_model_kind(jo->aux) == CK_MODEL_FOLDER &&
+	    ck_copy_aux_files(out, ck_model_dir(jo->aux), jo->skip, jo->nskip, d) < 0)
+		rc = d->status;
+	if (!rc)
+		return ck_out_commit(out, d);
+	ck_out_abort(out);
+	return rc;
+}
+
 int ck_job_write(const struct ck_job_out *jo, const struct ck_stw_tensor *plan, size_t n,
 		 struct ck_diag *d)
 {
-	int to_file = ck_job_to_file(jo->dst);
 	struct ck_out *out = NULL;
 	struct ck_stw *w = NULL;
 	const char *const *mk = NULL, *const *mv = NULL;
 	size_t nmeta = 0;
 	int rc;
 
-	rc = ck_out_begin(&out, to_file ? CK_OUT_FILE : CK_OUT_DIR, jo->dst, jo->force, jo->inputs,
-			  jo->ninputs, d);
+	rc = ck_job_begin(jo, &out, d);
 	if (rc)
-		goto out;
+		return rc;
 	if (jo->meta)
 		nmeta = ck_model_meta(jo->meta, 0, &mk, &mv);
-	rc = ck_stw_plan(&w, out, plan, n, to_file ? 0 : jo->shard_size, mk, mv, nmeta, d);
+	rc = ck_stw_plan(&w, out, plan, n, to_file(jo) ? 0 : jo->shard_size, mk, mv, nmeta, d);
 	for (size_t k = 0; !rc && k < ck_stw_count(w); k++)
 		rc = jo->write(jo->ctx, w, ck_stw_tensor(w, k), d);
 	if (!rc)
 		rc = ck_stw_finish(w, d);
-	if (!rc && !to_file && jo->config)
-		rc = jo->config(jo->ctx, out, d);
-	if (!rc && !to_file && jo->aux && ck_model_kind(jo->aux) == CK_MODEL_FOLDER &&
-	    ck_copy_aux_files(out, ck_model_dir(jo->aux), jo->skip, jo->nskip, d) < 0)
-		rc = d->status;
-	if (!rc) {
-		rc = ck_out_commit(out, d);
-		out = NULL;
-	}
-out:
-	ck_out_abort(out);
 	ck_stw_free(w);
-	return rc;
+	if (rc) {
+		ck_out_abort(out);
+		return rc;
+	}
+	return ck_job_end(jo, out, d);
 }
 
 int ck_job_copy(struct ck_stw *w, const struct ck_model *m, const struct ck_tensor *t,

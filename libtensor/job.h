@@ -21,6 +21,7 @@
 
 struct ck_job_out {
 	const char *dst;		/* ending in .safetensors: one file; else a folder */
+	int folder;			/* a folder whatever dst's name */
 	int force;			/* replace an existing dst */
 	const char *const *inputs;	/* paths dst must not be (nor contain) */
 	size_t ninputs;
@@ -39,6 +40,14 @@ struct ck_job_out {
 /* Write the n planned tensors and the rest, then commit. */
 int ck_job_write(const struct ck_job_out *jo, const struct ck_stw_tensor *plan, size_t n,
 		 struct ck_diag *d);
+
+/*
+ * The same in two halves, for a tool whose writer is not a plan of its own
+ * (merge-lora): begin opens *out; end writes config.json (the config hook),
+ * copies the aux files and commits, and frees out either way.
+ */
+int ck_job_begin(const struct ck_job_out *jo, struct ck_out **out, struct ck_diag *d);
+int ck_job_end(const struct ck_job_out *jo, struct ck_out *out, struct ck_diag *d);
 
 /* Does dst name a single-file output (".safetensors")? */
 bool ck_job_to_file(const char *dst);
