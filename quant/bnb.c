@@ -10,6 +10,7 @@
 #include <string.h>
 #include "bnb.h"
 #include "../libtensor/dtype.h"
+#include "../libtensor/model.h"
 
 /*
  * The tables as bitsandbytes defines them (functional.get_4bit_type,
@@ -810,6 +811,14 @@ int ck_bnb_group_dequant(const struct ck_bnb_group *g, uint64_t first, uint64_t 
 	c.absmax = am;
 	par_for((count + 4095) / 4096, nthreads, dq_part, &c);
 	free(am);
+	/*
+	 * Streaming callers read each range once: drop the pages of its codes
+	 * and absmax (whole pages only).  Kept, the absmax of a 20b checkpoint's
+	 * per-expert NF4 grew RSS by 50 MB a layer.
+	 */
+	ck_model_done_range(g->weight->data + first / 2, (size_t)(count / 2));
+	ck_model_done_range(g->absmax->data + b0 * (ck_dtype_bits(g->absmax->dtype) / 8),
+			    (size_t)((b1 - b0) * (ck_dtype_bits(g->absmax->dtype) / 8)));
 	return 0;
 }
 
