@@ -512,6 +512,7 @@ static int check_adapter_tensor(struct planner *pl, const struct ck_tensor *t)
 		if (!isfinite(ck_load_float(t->dtype, t->data, i)))
 			return ck_fail(pl->d, CK_EINVAL, "'%s': tensor '%s': non-finite value (NaN or Inf) "
 				       "at element %" PRIu64, ap, esc_name(t->name, e, sizeof(e)), i);
+	ck_model_done(t);	/* or the whole adapter stays resident through the merge */
 	return 0;
 }
 

@@ -41,6 +41,8 @@ static float *load_floats(const struct ck_tensor *t)
 	float *f = ck_mallocarray(t->nelem, sizeof(float));
 	if (f)
 		ck_convert(t->dtype, t->data, CK_DT_F32, f, t->nelem);
+	/* Read once: kept, the adapter's pages grew RSS with every layer merged. */
+	ck_model_done(t);
 	return f;
 }
 
