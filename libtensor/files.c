@@ -85,7 +85,7 @@ out:
 
 int ck_read_file(const char *path, size_t max, char **buf, size_t *len, struct ck_diag *d)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	struct stat st;
 	size_t got = 0;
 

@@ -284,7 +284,7 @@ static int is_gguf(const char *path)
 	ssize_t n;
 	if (len > 5 && !strcmp(path + len - 5, ".gguf"))
 		return 1;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
+	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
 	n = read(fd, magic, 4);
@@ -295,7 +295,7 @@ static int is_gguf(const char *path)
 static int open_gguf(struct ck_model *m, struct ck_diag *d)
 {
 	CK_TRY(ck_gguf_open(&m->gguf, m->path, d));
-	m->gguf_fd = open(m->path, O_RDONLY | O_CLOEXEC);
+	m->gguf_fd = open(m->path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (m->gguf_fd < 0)
 		return ck_fail(d, CK_EIO, "'%s': cannot open: %s", m->path, strerror(errno));
 	m->n = ck_gguf_ntensors(m->gguf);

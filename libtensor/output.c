@@ -476,11 +476,17 @@ int ck_out_copy_file(struct ck_out *o, const char *src_path, const char *relname
 		     struct ck_diag *d)
 {
 	char buf[1 << 16];
+	struct stat st;
 	int in, out, rc = 0;
 
-	in = open(src_path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: a FIFO planted in a model folder must not hang us at open. */
+	in = open(src_path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (in < 0)
 		return ck_fail(d, CK_EIO, "'%s': cannot open: %s", src_path, strerror(errno));
+	if (fstat(in, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(in);
+		return ck_fail(d, CK_EINVAL, "'%s': not a regular file", src_path);
+	}
 	rc = ck_out_open(o, relname, &out, d);
 	while (rc == 0) {
 		ssize_t n = read(in, buf, sizeof(buf));

@@ -393,7 +393,8 @@ int ck_st_open(struct ck_st_file **out, const char *path, struct ck_diag *d)
 	int rc;
 
 	CK_TRY(st_new(&f, path, d));
-	f->fd = open(path, O_RDONLY | O_CLOEXEC);
+	/* O_NONBLOCK: open of a FIFO would wait for a writer; fstat refuses it next. */
+	f->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (f->fd < 0) {
 		rc = ck_fail(d, errno == ENOENT ? CK_EINVAL : CK_EIO, "'%s': cannot open: %s", path,
 			     strerror(errno));
