@@ -61,13 +61,14 @@ static const struct command *find(const char *name)
 }
 
 /* Flush stdout; EPIPE ends quietly (as if by SIGPIPE), other errors are exit 4. */
-static int finish_stdout(int rc)
+static int finish_stdout(const char *tool, int rc)
 {
 	if (fflush(stdout) == 0 && !ferror(stdout))
 		return rc;
 	if (errno == EPIPE)
 		return rc ? rc : 141;
-	fprintf(stderr, "ckpt: write failure on standard output: %s\n", strerror(errno));
+	fprintf(stderr, "ckpt%s%s: write failure on standard output: %s\n", tool ? " " : "",
+		tool ? tool : "", strerror(errno));
 	return CK_EXIT_IO;
 }
 
@@ -91,16 +92,16 @@ int main(int argc, char **argv)
 		}
 		if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 			usage(stdout);
-			return finish_stdout(0);
+			return finish_stdout(NULL, 0);
 		}
 		if (!strcmp(argv[1], "--version")) {
 			printf("ckpt %s\n", CKPT_VERSION);
-			return finish_stdout(0);
+			return finish_stdout(NULL, 0);
 		}
 		if (!strcmp(argv[1], "help")) {
 			if (argc < 3) {
 				usage(stdout);
-				return finish_stdout(0);
+				return finish_stdout(NULL, 0);
 			}
 			help_argv[0] = argv[2];
 			help_argv[1] = (char *)"--help";
@@ -121,5 +122,5 @@ int main(int argc, char **argv)
 		fprintf(stderr, "ckpt: '%s' is not a ckpt tool (see 'ckpt --help')\n", argv[0]);
 		return CK_EXIT_USAGE;
 	}
-	return finish_stdout(c->fn(argc, argv));
+	return finish_stdout(c->name, c->fn(argc, argv));
 }

@@ -312,6 +312,9 @@ int ck_out_begin(struct ck_out **out, enum ck_out_kind kind, const char *final_p
 	*out = NULL;
 	if (!final_path || !*final_path)
 		return ck_fail(d, CK_EUSAGE, "empty output path");
+	/* Caught here, not by rename(2) once the whole output is written. */
+	if (kind == CK_OUT_FILE && final_path[strlen(final_path) - 1] == '/')
+		return ck_fail(d, CK_EUSAGE, "'%s': a file output cannot end in '/'", final_path);
 	CK_TRY(check_inputs(final_path, kind, inputs, n_inputs, d));
 	if (lstat(final_path, &st) == 0) {
 		if (!force)

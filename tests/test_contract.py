@@ -289,3 +289,29 @@ def test_closed_stdout_quiet(tool, tmp_path):
     if (tmp_path / "out").exists() or tool in ("merge-lora", "quant-mxfp4"):
         assert (tmp_path / "out").is_dir()
         assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("tool", [t for t in STDOUT if t != "quant-mxfp4"])  # it reports on stderr
+def test_full_stdout_one_line(tool, tmp_path):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with open("/dev/full", "w") as full:
+        p = subprocess.run([str(CKPT), *map(str, STDOUT[tool](tmp_path))], stdout=full,
+                           stderr=subprocess.PIPE, text=True, timeout=60)
+    lines = p.stderr.splitlines()
+    assert p.returncode == 4 and len(lines) == 1, (p.returncode, p.stderr)
+    assert lines[0].startswith(f"ckpt {tool}: ") and "standard output" in lines[0], lines
+
+
+@pytest.mark.parametrize("tool", [t for t in WRITERS if WRITERS[t][2].endswith(".gguf")] + ["cp"])
+def test_file_output_with_slash_refused_first(tool, tmp_path):
+    out = tmp_path / "x.gguf" if tool == "to-gguf" else tmp_path / "x.safetensors"
+    model = WRITERS[tool][0]
+    r = run(*argv(tool, model, str(out) + "/"))
+    if tool == "cp":
+        # cp decides by the name: "x.safetensors/" is a folder, and that is fine.
+        assert r.code == 0, r
+        assert (tmp_path / "x.safetensors").is_dir()
+        return
+    assert_one_line_error(r, 2, "cannot end in '/'")
+    assert list(tmp_path.iterdir()) == []
