@@ -240,3 +240,19 @@ uint64_t ck_layout_params(const struct ck_layout *l, const struct ck_tensor *t)
 		return t->nelem;
 	}
 }
+
+int ck_layout_refuse(const struct ck_model *m, enum ck_layout_kind kind, const char *what_to_run,
+		     struct ck_diag *d)
+{
+	for (size_t i = 0; i < ck_model_count(m); i++) {
+		const struct ck_tensor *t = ck_model_tensor(m, i);
+		struct ck_layout l;
+		ck_layout_detect(m, t, &l);
+		if (l.kind == kind)
+			return ck_fail(d, CK_EUNSUPPORTED, "'%s': tensor '%s' is %s: run 'ckpt %s' first",
+				       ck_model_path(m), t->name,
+				       kind == CK_LAYOUT_BNB_WEIGHT ? "bitsandbytes 4-bit" : "MXFP4",
+				       what_to_run);
+	}
+	return 0;
+}

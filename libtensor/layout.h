@@ -50,6 +50,15 @@ uint64_t ck_layout_params(const struct ck_layout *l, const struct ck_tensor *t);
 const char *ck_layout_kind_name(enum ck_layout_kind k);
 
 /*
+ * A tool that rewrites config.json for one quantization must not pass
+ * another's tensors through (the output would carry them without their
+ * quantization_config).  CK_EUNSUPPORTED naming the first tensor of m of
+ * layout kind, with what_to_run ("dequant-nf4"), else 0.
+ */
+int ck_layout_refuse(const struct ck_model *m, enum ck_layout_kind kind, const char *what_to_run,
+		     struct ck_diag *d);
+
+/*
  * Parse a bitsandbytes packed quant_state (the bytes of the U8 tensor) into
  * quant type, blocksize, dtype and shape.  Returns 0 or CK_EINVAL.
  */

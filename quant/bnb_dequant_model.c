@@ -19,6 +19,7 @@
 #include <string.h>
 #include "bnb.h"
 #include "../libtensor/job.h"
+#include "../libtensor/layout.h"
 
 /* A fused expert tensor being assembled from per-expert ones. */
 struct fused {
@@ -440,6 +441,8 @@ int ck_bnb_dequant_model(const struct ck_bnb_dq_job *job, struct ck_diag *d)
 	rc = ck_model_open(&r.m, job->in, d);
 	if (!rc && ck_model_kind(r.m) == CK_MODEL_GGUF)
 		rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': a GGUF file holds no bitsandbytes tensors", job->in);
+	if (!rc)
+		rc = ck_layout_refuse(r.m, CK_LAYOUT_MXFP4_BLOCKS, "dequant-mxfp4", d);
 	if (!rc) {
 		r.hf = job->hf >= 0 ? job->hf : has_per_expert(r.m);
 		rc = run(&r, d);

@@ -30,6 +30,7 @@
 #include <string.h>
 #include "bnb.h"
 #include "../libtensor/job.h"
+#include "../libtensor/layout.h"
 
 /* A tensor to quantize: a plain 2-D weight, or one expert of a 3-D one. */
 struct qsrc {
@@ -578,6 +579,8 @@ int ck_bnb_quant_model(const struct ck_bnb_q_job *job, struct ck_diag *d)
 	rc = ck_model_open(&r.m, job->in, d);
 	if (!rc && ck_model_kind(r.m) == CK_MODEL_GGUF)
 		rc = ck_fail(d, CK_EUNSUPPORTED, "'%s': GGUF input is not supported", job->in);
+	if (!rc)
+		rc = ck_layout_refuse(r.m, CK_LAYOUT_MXFP4_BLOCKS, "dequant-mxfp4", d);
 	if (!rc)
 		rc = run(&r, d);
 	for (size_t i = 0; i < r.nitems; i++)

@@ -16,6 +16,7 @@
 #include "mxfp4.h"
 #include "../libtensor/gptoss.h"
 #include "../libtensor/job.h"
+#include "../libtensor/layout.h"
 
 enum item_kind {
 	IT_COPY,	/* the bytes of t */
@@ -473,6 +474,8 @@ int ck_mx_dequant_model(struct ck_mx_job *o, struct ck_diag *d)
 	int rc = ck_model_open(&j.m, o->in, d);
 
 	if (!rc)
+		rc = ck_layout_refuse(j.m, CK_LAYOUT_BNB_WEIGHT, "dequant-nf4", d);
+	if (!rc)
 		rc = load_config(&j, 0, d);
 	if (!rc)
 		rc = plan_dequant(&j, d);
@@ -658,6 +661,8 @@ int ck_mx_quant_model(struct ck_mx_job *o, struct ck_diag *d)
 	int rc = ck_model_open(&j.m, o->in, d);
 
 	o->experts_copied = o->experts_quantized = 0;
+	if (!rc)
+		rc = ck_layout_refuse(j.m, CK_LAYOUT_BNB_WEIGHT, "dequant-nf4", d);
 	if (!rc && o->keep_from)
 		rc = ck_model_open(&j.keep, o->keep_from, d);
 	if (!rc)
