@@ -269,7 +269,7 @@ bool ck_glob(const char *pattern, const char *s)
 int ck_parse_size(const char *s, uint64_t *out)
 {
 	char *end;
-	uint64_t mult = 1, v;
+	uint64_t mult = 1, v, frac = 0, den = 1;
 	unsigned long long x;
 
 	if (!s || !*s || *s == '-' || *s == '+')
@@ -278,6 +278,16 @@ int ck_parse_size(const char *s, uint64_t *out)
 	x = strtoull(s, &end, 10);
 	if (errno || end == s)
 		return CK_EUSAGE;
+	if (*end == '.') {	/* "1.5GB": up to 6 decimals, with a unit */
+		for (end++; *end >= '0' && *end <= '9'; end++) {
+			if (den == 1000000)
+				return CK_EUSAGE;
+			frac = frac * 10 + (uint64_t)(*end - '0');
+			den *= 10;
+		}
+		if (den == 1 || !*end)
+			return CK_EUSAGE;
+	}
 	if (*end) {
 		static const char units[] = "KMGT";
 		const char *u = strchr(units, end[0] & ~0x20);
@@ -293,7 +303,8 @@ int ck_parse_size(const char *s, uint64_t *out)
 		for (int i = 0; i < power; i++)
 			mult *= base;
 	}
-	if (ck_mul_u64(x, mult, &v))
+	/* frac < 10^6 and mult <= 2^40, so frac * mult cannot overflow */
+	if (ck_mul_u64(x, mult, &v) || ck_add_u64(v, frac * mult / den, &v))
 		return CK_EUSAGE;
 	*out = v;
 	return 0;

@@ -100,6 +100,11 @@ static void glob_and_sizes(void)
 	CHECK(ck_parse_size("5GB", &v) == 0 && v == 5000000000ull);
 	CHECK(ck_parse_size("2GiB", &v) == 0 && v == 2ull << 30);
 	CHECK(ck_parse_size("700", &v) == 0 && v == 700);
+	CHECK(ck_parse_size("1.5GB", &v) == 0 && v == 1500000000ull);
+	CHECK(ck_parse_size("0.5KiB", &v) == 0 && v == 512);
+	CHECK(ck_parse_size("1.5", &v) < 0);		/* a fraction of a byte */
+	CHECK(ck_parse_size("1.GB", &v) < 0);
+	CHECK(ck_parse_size("1.1234567GB", &v) < 0);
 	CHECK(ck_parse_size("lots", &v) < 0);
 	CHECK(ck_parse_size("99999999999999999999999", &v) < 0);
 }
