@@ -23,6 +23,7 @@
 #ifndef CK_H
 #define CK_H
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -134,5 +135,16 @@ bool ck_glob(const char *pattern, const char *s);
 int ck_parse_size(const char *s, uint64_t *out);
 
 #define CK_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * The status for a failed open/stat of an input: a path that names nothing
+ * usable (missing, a loop of links, not a folder, too long) is bad input
+ * (exit 3); anything else (EIO, EMFILE, ENOMEM...) is an I/O failure.
+ */
+static inline enum ck_status ck_open_status(int err)
+{
+	return err == ENOENT || err == ELOOP || err == ENOTDIR || err == ENAMETOOLONG ||
+	       err == EISDIR || err == ENXIO ? CK_EINVAL : CK_EIO;
+}
 
 #endif

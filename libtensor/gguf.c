@@ -559,7 +559,7 @@ int ck_gguf_open(struct ck_gguf **out, const char *path, struct ck_diag *d)
 	CK_TRY(gguf_new(&g, path, d));
 	fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (fd < 0) {
-		rc = ck_fail(d, errno == ENOENT ? CK_EINVAL : CK_EIO, "'%s': cannot open: %s", path,
+		rc = ck_fail(d, ck_open_status(errno), "'%s': cannot open: %s", path,
 			     strerror(errno));
 		goto fail;
 	}

@@ -315,7 +315,7 @@ int ck_model_open(struct ck_model **out, const char *path, struct ck_diag *d)
 
 	*out = NULL;
 	if (stat(path, &st) < 0)
-		return ck_fail(d, errno == ENOENT ? CK_EINVAL : CK_EIO, "'%s': %s", path,
+		return ck_fail(d, ck_open_status(errno), "'%s': %s", path,
 			       strerror(errno));
 	m = ck_calloc(1, sizeof(*m));
 	if (!m || !(m->path = ck_strdup(path))) {

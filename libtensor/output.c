@@ -91,6 +91,22 @@ static void on_signal(int sig)
 	raise(sig);
 }
 
+/*
+ * SIGBUS: a mapped input shrank under us (another process truncated or
+ * rewrote it while we read it).  Nothing to retry: remove the outputs,
+ * say so in one line, exit as an I/O failure instead of dumping core.
+ */
+static void on_bus(int sig)
+{
+	static const char msg[] =
+		"ckpt: an input file was truncated or changed while being read (SIGBUS)\n";
+	(void)sig;
+	remove_all_temps();
+	if (write(STDERR_FILENO, msg, sizeof(msg) - 1) < 0)
+		_exit(CK_EXIT_IO);
+	_exit(CK_EXIT_IO);
+}
+
 static void at_exit(void)
 {
 	remove_all_temps();
@@ -110,6 +126,15 @@ void ck_out_install_signals(void)
 		for (size_t j = 0; j < CK_ARRAY_SIZE(handled); j++)
 			sigaddset(&sa.sa_mask, handled[j]);
 		sigaction(handled[i], &sa, NULL);
+	}
+	{
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_handler = on_bus;
+		sigemptyset(&sa.sa_mask);
+		for (size_t j = 0; j < CK_ARRAY_SIZE(handled); j++)
+			sigaddset(&sa.sa_mask, handled[j]);
+		sigaction(SIGBUS, &sa, NULL);
 	}
 	atexit(at_exit);
 }

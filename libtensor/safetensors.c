@@ -396,7 +396,7 @@ int ck_st_open(struct ck_st_file **out, const char *path, struct ck_diag *d)
 	/* O_NONBLOCK: open of a FIFO would wait for a writer; fstat refuses it next. */
 	f->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
 	if (f->fd < 0) {
-		rc = ck_fail(d, errno == ENOENT ? CK_EINVAL : CK_EIO, "'%s': cannot open: %s", path,
+		rc = ck_fail(d, ck_open_status(errno), "'%s': cannot open: %s", path,
 			     strerror(errno));
 		goto fail;
 	}

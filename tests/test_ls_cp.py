@@ -355,3 +355,32 @@ def test_ls_annotates_bnb_groups_and_per_expert_names(tmp_path):
     assert "expert 2" in notes["model.layers.0.mlp.experts.down_proj.weights.2.bias"]
     s = json.loads(run("ls", "--summary", "--json", f).out)["models"][0]["summary"]
     assert s["parameters"] == 96 * 64 + 4   # logical parameters, not packed bytes or state
+
+
+def test_input_truncated_while_read_is_one_line_not_a_crash(tmp_path):
+    """Another process truncates a mapped input mid-run: SIGBUS becomes exit 4, one line, no output."""
+    big = tmp_path / "big.safetensors"
+    save_file({f"t{i}": np.ones((1024, 1024), np.float32) for i in range(100)}, str(big))
+    out = tmp_path / "out"
+    out.mkdir()
+    p = subprocess.Popen([str(CKPT), "cp", "--dtype", "bf16", str(big), str(out / "o.safetensors")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.1)
+    p.send_signal(signal.SIGSTOP)
+    os.truncate(big, 1 << 20)
+    p.send_signal(signal.SIGCONT)
+    _, err = p.communicate(timeout=120)
+    if p.returncode == 0:
+        pytest.skip("the copy finished before the input was truncated")
+    assert p.returncode in (3, 4), (p.returncode, err)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("ckpt"), err
+    assert list(out.iterdir()) == []
+
+
+def test_paths_that_name_nothing_usable_are_bad_input(tmp_path):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert_one_line_error(run("ls", tmp_path / "a"), 3, "symbolic links")
+    f = tmp_path / "file"
+    f.write_bytes(b"")
+    assert_one_line_error(run("ls", f / "x.safetensors"), 3, "Not a directory")
