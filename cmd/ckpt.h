@@ -92,6 +92,13 @@ int ck_usage_error(const char *tool, const char *fmt, ...) __attribute__((format
 /* Print a warning/notice line "ckpt TOOL: msg" to stderr unless quiet. */
 void ck_note(const char *tool, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/*
+ * After a dequant tool succeeded: say so on stderr when path held no tensor
+ * of the layout kind it converts (layout.h enum ck_layout_kind), i.e. the
+ * output is a plain copy, which is rarely what the user meant.
+ */
+void ck_note_if_none(const char *tool, const char *path, int layout_kind, const char *what);
+
 /* Number of online CPUs (at least 1); used as the default for --jobs. */
 int ck_ncpus(void);
 

@@ -5,6 +5,7 @@
  */
 #include <string.h>
 #include "ckpt.h"
+#include "../libtensor/layout.h"
 #include "../libtensor/stwriter.h"
 #include "../quant/mxfp4.h"
 
@@ -45,5 +46,6 @@ int cmd_dequant_mxfp4(int argc, char **argv)
 	job.threads = (int)jobs;
 	if (ck_mx_dequant_model(&job, &d))
 		return ck_report(u.tool, &d);
+	ck_note_if_none(u.tool, job.in, CK_LAYOUT_MXFP4_BLOCKS, "MXFP4");
 	return 0;
 }

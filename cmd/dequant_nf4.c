@@ -4,6 +4,7 @@
  */
 #include <string.h>
 #include "ckpt.h"
+#include "../libtensor/layout.h"
 #include "../libtensor/stwriter.h"
 #include "../quant/bnb.h"
 
@@ -53,5 +54,6 @@ int cmd_dequant_nf4(int argc, char **argv)
 	job.hf = layout ? !strcmp(layout, "hf") : -1;
 	if (ck_bnb_dequant_model(&job, &d))
 		return ck_report(u.tool, &d);
+	ck_note_if_none(u.tool, job.in, CK_LAYOUT_BNB_WEIGHT, "bitsandbytes 4-bit");
 	return 0;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "ckpt.h"
+#include "../libtensor/layout.h"
 
 void ck_strlist_release(struct ck_strlist *l)
 {
@@ -58,6 +59,18 @@ int ck_usage_error(const char *tool, const char *fmt, ...)
 	va_end(ap);
 	fprintf(stderr, " (see 'ckpt %s --help')\n", tool);
 	return CK_EXIT_USAGE;
+}
+
+void ck_note_if_none(const char *tool, const char *path, int layout_kind, const char *what)
+{
+	struct ck_diag d = CK_DIAG_INIT;
+	struct ck_model *m;
+
+	if (ck_model_open(&m, path, &d) < 0)
+		return;
+	if (!ck_layout_count(m, (enum ck_layout_kind)layout_kind))
+		ck_note(tool, "'%s' holds no %s tensors: the output is a plain copy", path, what);
+	ck_model_free(m);
 }
 
 void ck_note(const char *tool, const char *fmt, ...)

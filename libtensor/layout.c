@@ -241,6 +241,17 @@ uint64_t ck_layout_params(const struct ck_layout *l, const struct ck_tensor *t)
 	}
 }
 
+size_t ck_layout_count(const struct ck_model *m, enum ck_layout_kind kind)
+{
+	size_t n = 0;
+	for (size_t i = 0; i < ck_model_count(m); i++) {
+		struct ck_layout l;
+		ck_layout_detect(m, ck_model_tensor(m, i), &l);
+		n += l.kind == kind;
+	}
+	return n;
+}
+
 int ck_layout_refuse(const struct ck_model *m, enum ck_layout_kind kind, const char *what_to_run,
 		     struct ck_diag *d)
 {

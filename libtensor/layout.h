@@ -49,6 +49,9 @@ uint64_t ck_layout_params(const struct ck_layout *l, const struct ck_tensor *t);
 
 const char *ck_layout_kind_name(enum ck_layout_kind k);
 
+/* How many tensors of m are of layout kind. */
+size_t ck_layout_count(const struct ck_model *m, enum ck_layout_kind kind);
+
 /*
  * A tool that rewrites config.json for one quantization must not pass
  * another's tensors through (the output would carry them without their

@@ -59,3 +59,15 @@ def test_short_options_take_attached_values_and_bundle():
     b = run("ls", "-j", "1", "-l", "--sha256", m)
     assert a.code == 0 and a.out == b.out and "model.safetensors" in a.out
     assert_one_line_error(run("ls", "-lq", m), 2, "-lq")
+
+
+@pytest.mark.parametrize("tool,what", [("dequant-mxfp4", "MXFP4"), ("dequant-nf4", "bitsandbytes")])
+def test_dequant_of_a_plain_model_says_it_only_copied(tmp_path, tool, what):
+    from conftest import FIXTURES
+    if tool not in built():
+        pytest.skip(f"{tool} is not built")
+    r = run(tool, FIXTURES / "tiny-gpt-oss", tmp_path / "out")
+    assert r.code == 0 and what in r.err and "plain copy" in r.err, r
+    src = FIXTURES / ("mxfp4/tiny-gpt-oss-mxfp4" if tool == "dequant-mxfp4" else "bnb/tiny-gpt-oss-bnb-nf4")
+    r = run(tool, src, tmp_path / "out2")
+    assert r.code == 0 and "plain copy" not in r.err, r
