@@ -10,9 +10,6 @@
  * one JSON document, --jsonl for one object per tensor.
  */
 #include <cjson/cJSON.h>
-#include <openssl/evp.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,6 +17,7 @@
 #include "../libtensor/gguf.h"
 #include "../libtensor/layout.h"
 #include "../libtensor/model.h"
+#include "../verify/tensorhash.h"
 
 struct ls_opts {
 	int longfmt, json, jsonl, summary, sha256, diffable, meta, full;
@@ -34,76 +32,24 @@ struct row {
 	struct ck_layout lay;
 };
 
-/* ---- hashing, parallel over tensors ---- */
-
-struct hash_job {
-	struct row *rows;
-	size_t n;
-	atomic_size_t next;
-	atomic_int failed;
-};
-
-static int hash_tensor(struct row *r)
+/* Hash every row's tensor (verify/tensorhash.h). */
+static int hash_rows(struct row *rows, size_t n, int jobs, struct ck_diag *d)
 {
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	unsigned char md[32];
-	unsigned int mdlen = 0;
-	const uint8_t *p = r->t->data;
-	uint64_t left = r->t->nbytes;
+	const struct ck_tensor **t = ck_mallocarray(n ? n : 1, sizeof(*t));
+	char (*hex)[65] = ck_mallocarray(n ? n : 1, sizeof(*hex));
+	int rc = 0;
 
-	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_sha256(), NULL)) {
-		EVP_MD_CTX_free(ctx);
-		return -1;
-	}
-	while (left) {
-		size_t chunk = left > (8u << 20) ? (8u << 20) : (size_t)left;
-		if (!EVP_DigestUpdate(ctx, p, chunk))
-			break;
-		/* Drop what we have read: hashing a 13 GB model must not fill memory. */
-		ck_model_done_range(p, chunk);
-		p += chunk;
-		left -= chunk;
-	}
-	if (left || !EVP_DigestFinal_ex(ctx, md, &mdlen)) {
-		EVP_MD_CTX_free(ctx);
-		return -1;
-	}
-	EVP_MD_CTX_free(ctx);
-	for (unsigned i = 0; i < mdlen; i++)
-		snprintf(r->sha + 2 * i, 3, "%02x", md[i]);
-	return 0;
-}
-
-static void *hash_worker(void *arg)
-{
-	struct hash_job *j = arg;
-	for (;;) {
-		size_t i = atomic_fetch_add(&j->next, 1);
-		if (i >= j->n)
-			break;
-		if (hash_tensor(&j->rows[i]) < 0)
-			atomic_store(&j->failed, 1);
-	}
-	return NULL;
-}
-
-static int hash_rows(struct row *rows, size_t n, int jobs)
-{
-	pthread_t th[256];
-	struct hash_job j = { .rows = rows, .n = n };
-	int started = 0;
-
-	atomic_init(&j.next, 0);
-	atomic_init(&j.failed, 0);
-	if (jobs > 256)
-		jobs = 256;
-	for (int i = 1; i < jobs; i++)
-		if (pthread_create(&th[started], NULL, hash_worker, &j) == 0)
-			started++;
-	hash_worker(&j);
-	for (int i = 0; i < started; i++)
-		pthread_join(th[i], NULL);
-	return atomic_load(&j.failed) ? -1 : 0;
+	if (!t || !hex)
+		rc = ck_fail(d, CK_ENOMEM, "out of memory");
+	for (size_t i = 0; !rc && i < n; i++)
+		t[i] = rows[i].t;
+	if (!rc)
+		rc = ck_sha256_tensors(t, n, jobs, hex, d);
+	for (size_t i = 0; !rc && i < n; i++)
+		memcpy(rows[i].sha, hex[i], sizeof(hex[i]));
+	free(t);
+	free(hex);
+	return rc;
 }
 
 /* ---- output helpers ---- */
@@ -497,8 +443,7 @@ static int list_one(const struct ls_opts *o, const char *path, int multi, int fi
 		qsort(rows, n, sizeof(*rows), cmp_name);
 	else if (o->sort && !strcmp(o->sort, "size"))
 		qsort(rows, n, sizeof(*rows), cmp_size);
-	if (o->sha256 && hash_rows(rows, n, (int)o->jobs) < 0) {
-		ck_fail(&d, CK_EIO, "'%s': hashing failed", path);
+	if (o->sha256 && hash_rows(rows, n, (int)o->jobs, &d) < 0) {
 		rc = ck_report("ls", &d);
 		goto out;
 	}
