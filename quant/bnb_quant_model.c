@@ -536,7 +536,7 @@ static int write_config(void *ctx, struct ck_out *out, struct ck_diag *d)
 		free(qc);
 		return ck_fail(d, CK_ENOMEM, "out of memory");
 	}
-	rc = ck_job_edit_config(out, ck_model_dir(r->m), "quantization_config", qc, CK_JSON_AT_END, 1, d);
+	rc = ck_job_edit_config(out, ck_model_dir(r->m), "quantization_config", qc, CK_JSON_AT_SORTED, 1, d);
 	free(qc);
 	return rc;
 }
